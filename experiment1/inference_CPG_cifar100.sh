@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Evaluate every task of experiment 1 from the FINAL checkpoint (the last task's gradual_prune/),
+# in one process: prints the per-task table and writes RESULTS_FILE (JSON).
+# Usage: bash experiment1/inference_CPG_cifar100.sh     (env vars as in experiment1/common.sh)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source experiment1/common.sh
+SETTING=${SETTING:-scratch_mul_1.5}
+ROOT=$CHECKPOINT_ROOT/CPG/experiment1/$SETTING/$ARCH
+RESULTS_FILE=${RESULTS_FILE:-logs/cifar100_inference_results.json}
+LAST=${TASK_LIST[${#TASK_LIST[@]}-1]}
+mkdir -p logs
+NPROC=1 cpg --mode inference --load_folder "$ROOT/$LAST/gradual_prune" --tasks "${TASK_LIST[@]}" \
+  --results_file "$RESULTS_FILE" --log_path logs/cifar100_inference.log

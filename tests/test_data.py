@@ -1,0 +1,358 @@
+"""Tests of the data tools (toy generator, CIFAR converter) and the task dataset/loaders."""
+
+import argparse
+import importlib.util
+import io
+import os
+import pickle
+import random
+import subprocess
+import sys
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The tests import `utils` whatever directory pytest was started from.
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+from utils.cifar100_config import CIFAR100_TASKS, NORM_STATS  # noqa: E402
+from utils.cifar100_dataset import TaskImageFolder, get_loaders, task_normalization  # noqa: E402
+from utils.data import make_loader  # noqa: E402
+from utils.errors import CPGError  # noqa: E402
+
+
+def _load_tool(name):
+    """Import tools/<name>.py as a module (tools/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, 'tools', f'{name}.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+toy = _load_tool('make_toy_data')
+converter = _load_tool('cifar100_to_png')
+
+
+def _make_toy(out, **overrides):
+    """Run the toy generator with small defaults; returns its exit status."""
+    argv = ['--out', str(out), '--tasks', '2', '--classes', '3', '--train', '4', '--test', '2']
+    for key, value in overrides.items():
+        argv += [f'--{key}', str(value)]
+    return toy.main(toy.get_args_parser().parse_args(argv))
+
+
+def _read_tree(root):
+    """Map relative file path -> bytes for every file under `root`."""
+    tree = {}
+    for folder, _, files in os.walk(root):
+        for name in files:
+            path = os.path.join(folder, name)
+            with open(path, 'rb') as f:
+                tree[os.path.relpath(path, root)] = f.read()
+    return tree
+
+
+@pytest.fixture(scope='module')
+def toy_root(tmp_path_factory):
+    """A small toy data folder shared by the dataset tests (2 tasks x 3 classes, 4/2 images)."""
+    root = tmp_path_factory.mktemp('toy')
+    assert _make_toy(root) == 0
+    return str(root)
+
+
+# (a) toy generator ---------------------------------------------------------------------------
+
+def test_toy_layout_and_counts(tmp_path):
+    """Every task/class folder exists in both splits with the requested image counts."""
+    assert _make_toy(tmp_path, size=16) == 0
+    for split, count in (('train', 4), ('test', 2)):
+        assert sorted(os.listdir(tmp_path / split)) == ['toy_task_1', 'toy_task_2']
+        for task in ('toy_task_1', 'toy_task_2'):
+            classes = sorted(os.listdir(tmp_path / split / task))
+            assert classes == ['class_0', 'class_1', 'class_2']
+            for name in classes:
+                files = sorted(os.listdir(tmp_path / split / task / name))
+                assert len(files) == count and all(f.endswith('.png') for f in files)
+                with Image.open(tmp_path / split / task / name / files[0]) as img:
+                    assert img.size == (16, 16) and img.mode == 'RGB'
+
+
+def test_toy_task_names_override(tmp_path):
+    """--task_names replaces the numbered task names."""
+    args = toy.get_args_parser().parse_args(
+        ['--out', str(tmp_path), '--task_names', 'alpha', 'beta', '--classes', '2',
+         '--train', '1', '--test', '1'])
+    assert toy.main(args) == 0
+    assert sorted(os.listdir(tmp_path / 'train')) == ['alpha', 'beta']
+
+
+def test_toy_deterministic(tmp_path):
+    """Same seed -> byte-identical files; another seed -> different bytes."""
+    _make_toy(tmp_path / 'a', seed=3)
+    _make_toy(tmp_path / 'b', seed=3)
+    _make_toy(tmp_path / 'c', seed=4)
+    first, second, other = (_read_tree(tmp_path / n) for n in 'abc')
+    assert first == second
+    assert first.keys() == other.keys() and first != other
+
+
+def test_toy_rewrite_removes_stale_files(tmp_path):
+    """A rerun with fewer images leaves no files of the earlier run behind."""
+    _make_toy(tmp_path, train=6)
+    _make_toy(tmp_path, train=3)
+    assert len(os.listdir(tmp_path / 'train' / 'toy_task_1' / 'class_0')) == 3
+
+
+# (b) CIFAR-100 converter ---------------------------------------------------------------------
+
+FINE = [b'apple', b'pear', b'shark', b'trout']
+COARSE = [b'fish', b'fruit_and_vegetables']
+FINE_TO_COARSE = [1, 1, 0, 0]
+
+
+def _fake_split(rng, count):
+    """A CIFAR-style pickle dict with `count` random images."""
+    fine = [int(i) for i in rng.integers(0, 4, size=count)]
+    return {b'data': rng.integers(0, 256, size=(count, 3072), dtype=np.uint8),
+            b'fine_labels': fine, b'coarse_labels': [FINE_TO_COARSE[f] for f in fine]}
+
+
+@pytest.fixture()
+def fake_cifar(tmp_path):
+    """Write a fake cifar-100-python folder and tar.gz; returns (tar path, folder, splits)."""
+    rng = np.random.default_rng(0)
+    splits = {'train': _fake_split(rng, 12), 'test': _fake_split(rng, 6)}
+    payloads = dict(splits, meta={b'fine_label_names': FINE, b'coarse_label_names': COARSE})
+    folder = tmp_path / 'extracted' / 'cifar-100-python'
+    folder.mkdir(parents=True)
+    archive = tmp_path / 'cifar-100-python.tar.gz'
+    with tarfile.open(archive, 'w:gz') as tar:
+        for name, payload in payloads.items():
+            blob = pickle.dumps(payload)
+            (folder / name).write_bytes(blob)
+            info = tarfile.TarInfo(f'cifar-100-python/{name}')
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+    return archive, folder, splits
+
+
+def _convert(archive, out):
+    """Run the converter's main on `archive`; returns its exit status."""
+    return converter.main(argparse.Namespace(archive=str(archive), out=str(out)))
+
+
+def _check_converted(out, splits):
+    """Every source image is at <split>/<coarse>/<fine>/<index>.png with identical pixels."""
+    for split, payload in splits.items():
+        pngs = [p for p in _read_tree(out / split) if p.endswith('.png')]
+        assert len(pngs) == len(payload[b'fine_labels'])
+        for index, fine in enumerate(payload[b'fine_labels']):
+            coarse = COARSE[FINE_TO_COARSE[fine]].decode()
+            path = out / split / coarse / FINE[fine].decode() / f'{index:05d}.png'
+            with Image.open(path) as img:
+                pixels = np.asarray(img)  # (32, 32, 3)
+            planes = payload[b'data'][index].reshape(3, 32, 32)  # channel-major source
+            assert pixels.shape == (32, 32, 3)
+            assert tuple(pixels[5, 7]) == tuple(planes[:, 5, 7])
+            assert np.array_equal(pixels, planes.transpose(1, 2, 0))
+
+
+def test_converter_tar(tmp_path, fake_cifar, capsys):
+    """The tar.gz form is read in place and written in the super-class layout."""
+    archive, _, splits = fake_cifar
+    out = tmp_path / 'out'
+    assert _convert(archive, out) == 0
+    _check_converted(out, splits)
+    summary = capsys.readouterr().out.strip().splitlines()[-1]
+    assert 'train 12' in summary and 'test 6' in summary and '2 tasks' in summary
+
+
+def test_converter_folder_and_rerun(tmp_path, fake_cifar):
+    """The extracted folder (or its parent) works, and a rerun skips existing files."""
+    _, folder, splits = fake_cifar
+    out = tmp_path / 'out'
+    assert _convert(folder, out) == 0
+    _check_converted(out, splits)
+    first = out / 'train' / os.listdir(out / 'train')[0]
+    mtimes = {p: os.path.getmtime(os.path.join(first, p)) for p in _read_tree(first)}
+    assert _convert(folder.parent, out) == 0
+    assert mtimes == {p: os.path.getmtime(os.path.join(first, p)) for p in _read_tree(first)}
+
+
+@pytest.mark.parametrize('kind', ['missing', 'garbage'])
+def test_converter_bad_archive(tmp_path, kind):
+    """A missing or non-archive file exits 1 with a single stderr line and no traceback."""
+    archive = tmp_path / 'cifar-100-python.tar.gz'
+    if kind == 'garbage':
+        archive.write_bytes(b'not a tar file at all')
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO, 'tools', 'cifar100_to_png.py'),
+         '--archive', str(archive), '--out', str(tmp_path / 'out')],
+        capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(archive) in lines[0] and 'Traceback' not in result.stderr
+
+
+# (c) TaskImageFolder -------------------------------------------------------------------------
+
+def test_labels_follow_sorted_class_folders(tmp_path):
+    """Class folders created out of order get labels in sorted-name order."""
+    colours = {'zebra': 200, 'ant': 10, 'mole': 100}
+    for name, value in colours.items():
+        folder = tmp_path / 'train' / 'animals' / name
+        folder.mkdir(parents=True)
+        Image.fromarray(np.full((32, 32, 3), value, np.uint8)).save(folder / '0.png')
+        Image.fromarray(np.full((32, 32, 3), value, np.uint8)).save(folder / '1.jpg', quality=100)
+    data = TaskImageFolder(str(tmp_path), 'train', 'animals')
+    assert data.classes == ['ant', 'mole', 'zebra']
+    assert data.images.shape == (6, 3, 32, 32) and data.images.dtype == torch.uint8
+    assert data.targets.tolist() == [0, 0, 1, 1, 2, 2] and data.targets.dtype == torch.int64
+    for index in range(len(data)):
+        image, label = data[index]
+        expected = colours[data.classes[label]] / 255.0
+        assert abs(float(image.mean()) - expected) < 2 / 255.0
+
+
+def test_test_items_are_normalized(toy_root):
+    """Test split items are (3, 32, 32) floats equal to (x/255 - mean)/std."""
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    data = TaskImageFolder(toy_root, 'test', 'toy_task_1', mean=mean, std=std)
+    assert len(data) == 6 and data.classes == ['class_0', 'class_1', 'class_2']
+    image, label = data[3]
+    assert image.shape == (3, 32, 32) and image.dtype == torch.float32 and isinstance(label, int)
+    raw = data.images[3].float() / 255.0
+    expected = (raw - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+    assert torch.allclose(image, expected, atol=1e-6)
+
+
+def test_train_transform_is_padded_crop_flip_and_seeded(toy_root):
+    """Augmented items are a zero-padded 32x32 crop (maybe flipped) and repeat under a seed."""
+    data = TaskImageFolder(toy_root, 'train', 'toy_task_1', train_transform=True)
+    padded = F.pad(data.images[0].float() / 255.0, (4, 4, 4, 4))  # (3, 40, 40)
+    candidates = [padded[:, y:y + 32, x:x + 32] for y in range(9) for x in range(9)]
+    candidates += [c.flip(-1) for c in candidates]
+    torch.manual_seed(11)
+    first = [data[0][0] for _ in range(20)]
+    torch.manual_seed(11)
+    second = [data[0][0] for _ in range(20)]
+    for a, b in zip(first, second):
+        assert a.shape == (3, 32, 32) and torch.equal(a, b)
+        assert any(torch.equal(a, c) for c in candidates)
+    assert any(not torch.equal(first[0], other) for other in first[1:])
+
+
+def test_missing_data_root_names_path(tmp_path):
+    """A missing data folder raises CPGError naming the folder and the preparation tools."""
+    missing = str(tmp_path / 'nowhere')
+    with pytest.raises(CPGError) as info:
+        TaskImageFolder(missing, 'train', 'fish')
+    message = str(info.value)
+    assert missing in message and 'make_toy_data.py' in message and '\n' not in message
+
+
+def test_unknown_task_lists_available(toy_root):
+    """An unknown task raises CPGError naming it and listing the tasks that exist."""
+    with pytest.raises(CPGError) as info:
+        TaskImageFolder(toy_root, 'train', 'no_such_task')
+    message = str(info.value)
+    assert 'no_such_task' in message and 'toy_task_1' in message and '\n' not in message
+
+
+def test_empty_task_folders_raise(tmp_path):
+    """A task without class folders, or a class without images, raises CPGError."""
+    (tmp_path / 'train' / 'empty').mkdir(parents=True)
+    with pytest.raises(CPGError, match='no class subfolders'):
+        TaskImageFolder(str(tmp_path), 'train', 'empty')
+    (tmp_path / 'train' / 'empty' / 'c0').mkdir()
+    with pytest.raises(CPGError, match='no images'):
+        TaskImageFolder(str(tmp_path), 'train', 'empty')
+
+
+# (d) normalization ---------------------------------------------------------------------------
+
+def test_config_tables():
+    """20 tasks in the paper's order, each with a normalization row."""
+    assert len(CIFAR100_TASKS) == 20 and CIFAR100_TASKS == sorted(CIFAR100_TASKS)
+    assert CIFAR100_TASKS[0] == 'aquatic_mammals' and CIFAR100_TASKS[-1] == 'vehicles_2'
+    assert set(CIFAR100_TASKS) | {'cifar100', 'two_class'} == set(NORM_STATS)
+
+
+def test_task_normalization_table_and_computed(toy_root):
+    """Known tasks use the table; unknown ones match a numpy computation over train pixels."""
+    assert task_normalization('/does/not/matter', 'fish') == (
+        (0.4162, 0.4626, 0.4577), (0.2857, 0.2574, 0.2705))
+    mean, std = task_normalization(toy_root, 'toy_task_2')
+    pixels = []
+    task_dir = os.path.join(toy_root, 'train', 'toy_task_2')
+    for name in sorted(os.listdir(task_dir)):
+        for file in sorted(os.listdir(os.path.join(task_dir, name))):
+            with Image.open(os.path.join(task_dir, name, file)) as img:
+                pixels.append(np.asarray(img.convert('RGB'), dtype=np.float64) / 255.0)
+    stacked = np.stack(pixels).reshape(-1, 3)  # (N*H*W, 3)
+    assert np.allclose(mean, stacked.mean(axis=0), atol=1e-4)
+    assert np.allclose(std, stacked.std(axis=0), atol=1e-4)
+    assert all(isinstance(v, float) for v in mean + std)
+
+
+# (e) loaders ---------------------------------------------------------------------------------
+
+def _first_batch(dataset, seed):
+    """Labels and pixels of the first batch of a shuffled loader seeded with `seed`."""
+    torch.manual_seed(seed)  # augmentation in the main process (workers=0) uses the global RNG
+    images, labels = next(iter(make_loader(dataset, 5, shuffle=True, workers=0,
+                                           device='cpu', seed=seed)))
+    return images, labels
+
+
+def test_make_loader_seeded_order(toy_root):
+    """The same seed gives the same first batch; the loader settings follow the device."""
+    data = TaskImageFolder(toy_root, 'train', 'toy_task_1', train_transform=True)
+    images_a, labels_a = _first_batch(data, 7)
+    images_b, labels_b = _first_batch(data, 7)
+    assert torch.equal(labels_a, labels_b) and torch.equal(images_a, images_b)
+    orders = {tuple(_first_batch(data, s)[0].flatten()[:50].tolist()) for s in range(5)}
+    assert len(orders) > 1
+    loader = make_loader(data, 4, shuffle=False, workers=0, device='cpu', seed=0)
+    assert not loader.pin_memory and not loader.persistent_workers
+
+
+class _RandomDraws(torch.utils.data.Dataset):
+    """Items are fresh draws from the torch, numpy and python RNGs of the loading process."""
+
+    def __len__(self):
+        """Four items, so two workers each load two."""
+        return 4
+
+    def __getitem__(self, index):
+        """Return one draw from each global RNG."""
+        return torch.tensor([float(torch.rand(1)), np.random.rand(), random.random()])
+
+
+def test_make_loader_workers_seeded_and_distinct():
+    """With workers, all three RNGs repeat under one seed and differ between workers."""
+    def draws(seed):
+        loader = make_loader(_RandomDraws(), 1, shuffle=False, workers=2, device='cpu', seed=seed)
+        return torch.cat(list(loader))  # (4, 3); items 0/2 from worker 0, 1/3 from worker 1
+
+    first, again, other = draws(5), draws(5), draws(6)
+    assert torch.equal(first, again) and not torch.equal(first, other)
+    assert (first[0] != first[1]).all()  # every RNG differs between the two workers
+
+
+def test_get_loaders(toy_root):
+    """get_loaders returns shuffled train / ordered test loaders and the class count."""
+    train_loader, val_loader, num_classes = get_loaders(toy_root, 'toy_task_1', 4, 3, 0, 'cpu', 0)
+    assert num_classes == 3
+    assert len(train_loader.dataset) == 12 and len(val_loader.dataset) == 6
+    assert train_loader.dataset.train_transform and not val_loader.dataset.train_transform
+    images, labels = next(iter(val_loader))
+    assert images.shape == (3, 3, 32, 32) and labels.tolist() == [0, 0, 1]
+    # Normalized with statistics computed on the toy task's train images.
+    assert abs(float(torch.cat([x for x, _ in train_loader]).mean())) < 0.5

@@ -1,0 +1,123 @@
+"""One checkpoint helper: atomic save, validated load, model rebuild (spec §4.1, improved).
+
+A checkpoint is a dict: architecture + base width + task table (name, classes, raw width
+multiplier, accuracy when learned, pruning ratio) + the model state dict + whatever the caller adds
+(optimizer states, epoch, RNG, signature for resume). Owner masks are uint8, finished tasks' pick
+masks are bit-packed over earlier tasks' entries, and a float pick mask only exists for the task in
+training (resume files). A JSON sidecar `<file>.json` holds the same metadata for bash and humans.
+"""
+import json
+import os
+import shutil
+
+import torch
+
+from models import build_model_with_tasks
+from models.layers import PICK_THRESHOLD, pack_bits
+
+from .errors import CPGError
+
+FORMAT = 'cpg-checkpoint-v1'
+CHECKPOINT_NAME = 'checkpoint.pth.tar'
+RESUME_NAME = 'resume.pth.tar'
+
+
+def atomic_write_json(path, obj):
+    tmp = f'{path}.tmp'
+    with open(tmp, 'w') as f:
+        json.dump(obj, f, indent=2)
+        f.write('\n')
+    os.replace(tmp, path)
+
+
+def frozen_state_dict(model):
+    """State dict with the in-training task's float pick replaced by its packed binary pick."""
+    state = model.state_dict()
+    for name, layer in model.masked_layers():
+        score = state.pop(f'{name}.pick_score', None)
+        if score is None or layer._phase is None:
+            continue
+        task = layer._phase['task']
+        out_f, in_f = layer.task_shapes[task]
+        owner = layer.owner[:out_f, :in_f]
+        old = (owner >= 1) & (owner < task)
+        state[f'{name}.pick_bits_{task}'] = pack_bits((score[:out_f, :in_f] > PICK_THRESHOLD)[old])
+    return state
+
+
+def checkpoint_metadata(model, arch):
+    return {'format': FORMAT, 'arch': arch, 'base_width': model.base_width,
+            'network_width_multiplier': model.multiplier,
+            'tasks': [dict(t) for t in model.tasks]}
+
+
+def save_checkpoint(path, model, arch, frozen=True, **extra):
+    """Write `path` atomically (temp file + rename) plus its JSON sidecar; returns bytes written.
+
+    frozen=True stores the model as later phases and inference load it (packed picks, no
+    optimizer); frozen=False keeps the float pick mask, for resuming the running phase.
+    """
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    meta = checkpoint_metadata(model, arch)
+    state = dict(meta, model=frozen_state_dict(model) if frozen else model.state_dict(), **extra)
+    tmp = f'{path}.tmp'
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    atomic_write_json(f'{path}.json', meta)
+    return os.path.getsize(path)
+
+
+def resolve_checkpoint(path):
+    """A folder means its checkpoint.pth.tar; a file is taken as is."""
+    if os.path.isdir(path):
+        path = os.path.join(path, CHECKPOINT_NAME)
+    return path
+
+
+def load_checkpoint(path, map_location='cpu', hint='run the stage that writes it first'):
+    """Load and validate a checkpoint dict; one clear CPGError line for every failure."""
+    path = resolve_checkpoint(path)
+    if not os.path.isfile(path):
+        raise CPGError(f'checkpoint not found: {path}; {hint}')
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # truncated/corrupt files raise many different types
+        raise CPGError(f'cannot read checkpoint {path} (corrupt or incomplete: '
+                       f'{type(exc).__name__}); delete it and rerun the stage that wrote it') from None
+    if not isinstance(ckpt, dict) or ckpt.get('format') != FORMAT:
+        raise CPGError(f'{path} is not a checkpoint of this repository (format '
+                       f'{ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__!r}); '
+                       f'use a checkpoint written by CPG_*_main.py')
+    return ckpt
+
+
+def model_from_checkpoint(ckpt, device='cpu'):
+    """Rebuild the multi-task model and load its weights, masks, norms and heads."""
+    model = build_model_with_tasks(ckpt['arch'], ckpt['base_width'], ckpt['tasks'])
+    for task, saved in zip(model.tasks, ckpt['tasks']):
+        task.update(saved)
+    model.to(device)
+    try:
+        model.load_state_dict(ckpt['model'])
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise CPGError(f'checkpoint does not match its architecture {ckpt["arch"]!r}: {first}') from None
+    return model
+
+
+def copy_checkpoint(src, dst):
+    """Promote a checkpoint (and its sidecar) atomically: copy to a temp name, then rename."""
+    os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
+    for suffix in ('', '.json'):
+        if os.path.exists(src + suffix):
+            shutil.copyfile(src + suffix, dst + suffix + '.tmp')
+            os.replace(dst + suffix + '.tmp', dst + suffix)
+
+
+def read_sidecar(path):
+    """Metadata of a checkpoint without loading tensors (None if absent)."""
+    path = resolve_checkpoint(path) + '.json'
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)

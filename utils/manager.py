@@ -1,0 +1,111 @@
+"""Manager: trains and validates ONE task of a multi-task model (packnet's Manager, made explicit).
+
+Metrics are accumulated on the device and read once per epoch (and every `log_every` steps for the
+progress bar), so the training loop never waits on the device per batch (spec §12 items 5, 23).
+"""
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+
+def task_parameters(model, task, train_weights=True):
+    """What SGD trains for `task`: shared weights (gated to the task's own entries), the task's
+    biases, norms and head. Everything else is frozen, so DDP and the optimizer never see it."""
+    for param in model.parameters():
+        param.requires_grad_(False)
+    params = []
+    for _, layer in model.masked_layers():
+        if train_weights:
+            params.append(layer.weight)
+        if layer.has_bias:
+            params.append(layer.biases[str(task)])
+    for _, module in model.per_task_modules():
+        params += list(module.per_task[str(task)].parameters())
+    params += list(model.heads[str(task)].parameters())
+    for param in params:
+        param.requires_grad_(True)
+    for _, layer in model.masked_layers():  # pick scores are trained by their own optimizer
+        if layer.pick_score is not None:
+            layer.pick_score.requires_grad_(True)
+    return params
+
+
+def build_weight_optimizer(model, task, lr, train_weights=True):
+    """SGD, Nesterov momentum 0.9, no built-in weight decay (manual L2 lives in the layers, §3.8)."""
+    return torch.optim.SGD(task_parameters(model, task, train_weights), lr=lr, momentum=0.9,
+                           nesterov=True, weight_decay=0.0)
+
+
+def set_lr(optimizer, lr):
+    if optimizer is not None:
+        for group in optimizer.param_groups:
+            group['lr'] = lr
+
+
+class Manager:
+    """train_epoch / validate for task `task`; `net` is what runs forward (the model or its DDP)."""
+
+    def __init__(self, model, task, device, train_loader, val_loader, logger, criterion=None,
+                 net=None, reduce=None, log_every=50, show_progress=True):
+        self.model, self.task, self.device = model, task, torch.device(device)
+        self.net = net if net is not None else model
+        self.train_loader, self.val_loader = train_loader, val_loader
+        self.logger = logger
+        self.criterion = criterion or nn.CrossEntropyLoss()
+        self.reduce = reduce or (lambda tensor: tensor)   # all-reduce(sum) under DDP
+        self.log_every = log_every
+        self.show_progress = show_progress
+
+    def _batches(self, loader, desc):
+        return tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=not self.show_progress)
+
+    def train_epoch(self, epoch, optimizers, pruner=None, step=0):
+        """One epoch; `step` is the stage's optimizer-step counter (pruning schedule). Returns
+        ({'loss', 'accuracy'}, step after the epoch)."""
+        self.model.set_task(self.task)
+        self.net.train()
+        optimizers = [opt for opt in optimizers if opt is not None]
+        totals = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss sum, correct, seen
+        bar = self._batches(self.train_loader, f'train task {self.task} ep {epoch}')
+        for i, (images, targets) in enumerate(bar):
+            images = images.to(self.device, non_blocking=True)
+            targets = targets.to(self.device, non_blocking=True)
+            for opt in optimizers:
+                opt.zero_grad(set_to_none=True)
+            output = self.net(images)
+            loss = self.criterion(output, targets)
+            loss.backward()
+            for opt in optimizers:
+                opt.step()
+            if pruner is not None:
+                pruner.step(step)
+            step += 1
+            with torch.no_grad():
+                n = targets.numel()
+                totals += torch.stack([loss.detach() * n, (output.argmax(1) == targets).sum(),
+                                       torch.tensor(n, device=self.device)]).to(totals.dtype)
+            if self.show_progress and (i + 1) % self.log_every == 0:  # sync only here
+                t = totals.tolist()
+                bar.set_postfix(loss=f'{t[0] / t[2]:.3f}', acc=f'{t[1] / t[2]:.3f}')
+        loss_sum, correct, seen = self.reduce(totals).tolist()
+        return {'loss': loss_sum / max(seen, 1), 'accuracy': correct / max(seen, 1)}, step
+
+    @torch.no_grad()
+    def validate(self, task=None, loader=None):
+        """Accuracy of `task` (default: the task in training) with its frozen effective weights."""
+        task = self.task if task is None else task
+        loader = self.val_loader if loader is None else loader
+        self.model.set_task(task)
+        self.model.eval()
+        totals = torch.zeros(3, dtype=torch.float64, device=self.device)
+        for images, targets in self._batches(loader, f'eval task {task}'):
+            images = images.to(self.device, non_blocking=True)
+            targets = targets.to(self.device, non_blocking=True)
+            output = self.model(images)
+            n = targets.numel()
+            totals += torch.stack([self.criterion(output, targets) * n,
+                                   (output.argmax(1) == targets).sum(),
+                                   torch.tensor(n, device=self.device)]).to(totals.dtype)
+        loss_sum, correct, seen = self.reduce(totals).tolist()
+        return {'loss': loss_sum / max(seen, 1), 'accuracy': correct / max(seen, 1),
+                'correct': int(correct), 'total': int(seen)}

@@ -1,0 +1,68 @@
+"""record.txt (sparsity -> accuracy, JSON) and accuracy-goal files (task -> "0.xxxx") (spec §4.3, §4.4)."""
+import json
+import os
+
+from .checkpoint import atomic_write_json
+from .errors import CPGError
+
+
+def ratio_key(ratio):
+    """Sparsity as the record's string key: 0.0 -> "0.0", 0.1 -> "0.1", 0.95 -> "0.95"."""
+    return repr(round(float(ratio), 4))
+
+
+def read_record(path):
+    """{sparsity string: accuracy}; empty if the file does not exist yet."""
+    if not os.path.isfile(path):
+        return {}
+    try:
+        with open(path) as f:
+            return {ratio_key(k): float(v) for k, v in json.load(f).items()}
+    except (json.JSONDecodeError, ValueError, AttributeError):
+        raise CPGError(f'record file {path} is not a JSON object of sparsity -> accuracy; '
+                       f'fix or delete it and rerun the task') from None
+
+
+def write_record(path, ratio, accuracy):
+    """Set record[ratio] = round(accuracy, 4); string keys only, one entry per ratio (spec §12.19)."""
+    record = read_record(path)
+    record[ratio_key(ratio)] = round(float(accuracy), 4)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    ordered = dict(sorted(record.items(), key=lambda kv: float(kv[0])))
+    atomic_write_json(path, ordered)
+    return ordered
+
+
+class GoalFileMissing(CPGError):
+    """The accuracy-goal file does not exist (exit status 3 in the bash protocol)."""
+
+
+def read_goal(path, task):
+    """The accuracy goal of `task` as a float."""
+    if not path or not os.path.isfile(path):
+        raise GoalFileMissing(f'accuracy goal file not found: {path}; run experiment1/baseline_cifar100.sh '
+                              f'first (or write the JSON {{"<task>": "0.xxxx"}} yourself)')
+    goals = read_goals(path)
+    if task not in goals:
+        raise CPGError(f'task {task!r} has no accuracy goal in {path}; add it (known: '
+                       f'{", ".join(sorted(goals)) or "none"})')
+    return goals[task]
+
+
+def read_goals(path):
+    try:
+        with open(path) as f:
+            return {k: float(v) for k, v in json.load(f).items()}
+    except (json.JSONDecodeError, ValueError, AttributeError):
+        raise CPGError(f'goal file {path} is not a JSON object of task -> accuracy; fix or delete it') from None
+
+
+def write_goal(path, task, accuracy):
+    """goals[task] = "%.4f" % accuracy, keeping the other tasks' goals (the original's string values)."""
+    goals = {}
+    if os.path.isfile(path):
+        with open(path) as f:
+            goals = json.load(f)
+    goals[task] = f'{accuracy:.4f}'
+    os.makedirs(os.path.dirname(os.path.abspath(path)) or '.', exist_ok=True)
+    atomic_write_json(path, goals)
