@@ -91,6 +91,10 @@ def get_args_parser():
     parser.add_argument('--results_file', default=None, help='inference: write the results table as JSON')
     # Runtime
     parser.add_argument('--device', default='auto', help='auto (CUDA if present), cpu, cuda or cuda:N')
+    parser.add_argument('--amp', choices=['bf16', 'fp16'], default=None,
+                        help='CUDA mixed-precision training (autocast); off by default for fidelity')
+    parser.add_argument('--channels_last', action='store_true',
+                        help='channels-last memory format for training (faster convs on recent GPUs)')
     parser.add_argument('--seed', type=int, default=1, help='seed of python, numpy and torch')
     return parser
 
@@ -160,6 +164,8 @@ def main(args):
     logger = setup_logger(args.log_path if (dist is None or dist.is_main) else None)
     try:
         device = dist.device if dist is not None else resolve_device(args.device)
+        if args.amp and torch.device(device).type != 'cuda':
+            raise CPGError(f'--amp {args.amp} needs a CUDA device (running on {device}); drop --amp')
         log_run_header(logger, args)
         seed_everything(args.seed)
         ctx = PhaseContext(args, CifarTasks(args, device, dist), logger, device, dist)

@@ -67,17 +67,19 @@ def main(args):
     if not os.path.isfile(source):
         raise CPGError(f'record.txt lists sparsity {chosen} but {source} is missing; rerun that pruning stage')
     copy_checkpoint(source, target)
-    for key in record:  # stage checkpoints are no longer needed; result.json stays for replay
-        for name in (CHECKPOINT_NAME, CHECKPOINT_NAME + '.json'):
-            path = os.path.join(prune_dir, key, name)
-            if key != '0.0' and os.path.isfile(path):
-                os.remove(path)
     chosen_ratio = 0.0 if chosen is None else float(chosen)
     atomic_write_json(marker, {'task': args.dataset, 'chosen_pruning_ratio': chosen_ratio,
                                'accuracy': record.get(chosen or '0.0'), 'goal': goal,
                                'network_width_multiplier': width, 'source': source})
     logger.info('chosen pruning ratio for %s: %s (accuracy %s, goal %.4f, width %s)', args.dataset,
                 chosen_ratio, record.get(chosen or '0.0'), goal, width)
+    # Only now (choice promoted and recorded) are the stage checkpoints dropped; their
+    # result.json files stay so that a rerun of the task replays the stages without training.
+    for key in record:
+        for name in (CHECKPOINT_NAME, CHECKPOINT_NAME + '.json'):
+            path = os.path.join(prune_dir, key, name)
+            if key != '0.0' and os.path.isfile(path):
+                os.remove(path)
     return 0
 
 

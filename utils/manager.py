@@ -46,13 +46,18 @@ class Manager:
     """train_epoch / validate for task `task`; `net` is what runs forward (the model or its DDP)."""
 
     def __init__(self, model, task, device, train_loader, val_loader, logger, criterion=None,
-                 net=None, reduce=None, log_every=50, show_progress=True):
+                 net=None, reduce=None, log_every=50, show_progress=True, amp=None,
+                 channels_last=False):
         self.model, self.task, self.device = model, task, torch.device(device)
+        # amp: None, 'bf16' or 'fp16' (CUDA autocast; fp16 adds a GradScaler)
+        self.amp_dtype = {None: None, 'bf16': torch.bfloat16, 'fp16': torch.float16}[amp]
+        self.scaler = torch.amp.GradScaler('cuda') if amp == 'fp16' else None
+        self.channels_last = channels_last
         self.net = net if net is not None else model
         self.train_loader, self.val_loader = train_loader, val_loader
         self.logger = logger
         self.criterion = criterion or nn.CrossEntropyLoss()
-        self.reduce = reduce or (lambda tensor: tensor)   # all-reduce(sum) under DDP
+        self.reduce = reduce or (lambda tensor: tensor)   # all-reduce(sum) of train metrics under DDP
         self.log_every = log_every
         self.show_progress = show_progress
 
@@ -65,18 +70,27 @@ class Manager:
         self.model.set_task(self.task)
         self.net.train()
         optimizers = [opt for opt in optimizers if opt is not None]
+        if self.scaler is not None:  # fp16: the layers must not decay the scaled gradient
+            for _, layer in self.model.masked_layers():
+                if layer._phase is not None and layer._phase['weight_decay']:
+                    layer._phase['deferred_decay'] = layer._phase['weight_decay']
+                    layer._phase['weight_decay'] = 0.0
         totals = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss sum, correct, seen
         bar = self._batches(self.train_loader, f'train task {self.task} ep {epoch}')
         for i, (images, targets) in enumerate(bar):
-            images = images.to(self.device, non_blocking=True)
-            targets = targets.to(self.device, non_blocking=True)
+            images, targets = self._to_device(images, targets)
             for opt in optimizers:
                 opt.zero_grad(set_to_none=True)
-            output = self.net(images)
-            loss = self.criterion(output, targets)
-            loss.backward()
-            for opt in optimizers:
-                opt.step()
+            with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                                enabled=self.amp_dtype is not None):
+                output = self.net(images)
+                loss = self.criterion(output, targets)
+            if self.scaler is None:
+                loss.backward()
+                for opt in optimizers:
+                    opt.step()
+            else:
+                self._scaled_step(loss, optimizers)
             if pruner is not None:
                 pruner.step(step)
             step += 1
@@ -99,13 +113,36 @@ class Manager:
         self.model.eval()
         totals = torch.zeros(3, dtype=torch.float64, device=self.device)
         for images, targets in self._batches(loader, f'eval task {task}'):
-            images = images.to(self.device, non_blocking=True)
-            targets = targets.to(self.device, non_blocking=True)
+            images, targets = self._to_device(images, targets)
             output = self.model(images)
             n = targets.numel()
             totals += torch.stack([self.criterion(output, targets) * n,
                                    (output.argmax(1) == targets).sum(),
                                    torch.tensor(n, device=self.device)]).to(totals.dtype)
-        loss_sum, correct, seen = self.reduce(totals).tolist()
+        # every rank evaluates the whole split, so nothing is reduced here
+        loss_sum, correct, seen = totals.tolist()
         return {'loss': loss_sum / max(seen, 1), 'accuracy': correct / max(seen, 1),
                 'correct': int(correct), 'total': int(seen)}
+
+    def _to_device(self, images, targets):
+        images = images.to(self.device, non_blocking=True)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images, targets.to(self.device, non_blocking=True)
+
+    def _scaled_step(self, loss, optimizers):
+        """fp16: weight decay must meet the unscaled gradient, so the layers defer it to here."""
+        self.scaler.scale(loss).backward()
+        for opt in optimizers:
+            self.scaler.unscale_(opt)
+        with torch.no_grad():
+            for _, layer in self.model.masked_layers():
+                phase, grad = layer._phase, layer.weight.grad
+                if phase is None or grad is None:
+                    continue
+                grad.add_(layer.weight, alpha=phase.get('deferred_decay', 0.0))
+                if phase['own'] is not None:
+                    grad.mul_(phase['own'])
+        for opt in optimizers:
+            self.scaler.step(opt)
+        self.scaler.update()

@@ -123,8 +123,12 @@ class PhaseContext:
 
     def manager(self, model, task, train_loader, val_loader, net=None):
         reduce = self.dist.all_reduce_sum if self.dist is not None else None
+        if getattr(self.args, 'channels_last', False):
+            model.to(memory_format=torch.channels_last)
         return Manager(model, task, self.device, train_loader, val_loader, self.logger,
-                       net=net, reduce=reduce, show_progress=self.is_main)
+                       net=net, reduce=reduce, show_progress=self.is_main,
+                       amp=getattr(self.args, 'amp', None),
+                       channels_last=getattr(self.args, 'channels_last', False))
 
     def wrap(self, model):
         """DDP wrapper for training when distributed, else the model itself."""
@@ -393,8 +397,13 @@ def run_retrain(ctx):
             adam.load_state_dict(resume['adam'])
         start, best, stale = resume['epoch'], resume['best'], resume['stale']
     else:
-        best = manager.validate()['accuracy']
-        ctx.logger.info('retrain: task %d starts at val acc %.4f', task, best)
+        # The retrained model must beat the model it would replace. The original compared with the
+        # fresh mask's first validation, so a retrain worse than the pruned model could replace it.
+        fresh = manager.validate()['accuracy']
+        pruned = model.tasks[task - 1].get('accuracy')
+        best = fresh if pruned is None else max(fresh, pruned)
+        ctx.logger.info('retrain: task %d starts at val acc %.4f with a fresh pick mask; '
+                        'to keep, it must beat %.4f (the pruned model)', task, fresh, best)
 
     improved = os.path.isfile(os.path.join(a.save_folder, CHECKPOINT_NAME)) and start > 0
     for epoch in range(start, a.epochs):
