@@ -7,6 +7,7 @@ Usage (the experiment1/*.sh scripts chain these; see README "Exit codes"):
 """
 import argparse
 import json
+import logging
 import os
 import sys
 
@@ -133,6 +134,9 @@ class CifarTasks:
 
     def loaders(self, task):
         a = self.args
+        if self.dist is not None and a.batch_size % self.dist.world_size:
+            raise CPGError(f'--batch_size {a.batch_size} is not divisible by the {self.dist.world_size} ranks; '
+                           f'use a multiple of --nproc_per_node')
         batch = a.batch_size // (self.dist.world_size if self.dist else 1)
         if self.dist is None:
             train, val, num_classes = get_loaders(a.data_root, task, batch, a.val_batch_size,
@@ -160,8 +164,14 @@ def resolve_device(name):
 
 
 def main(args):
-    dist = Distributed.from_env()
+    try:
+        dist = Distributed.from_env(args.device)
+    except CPGError as exc:
+        sys.stderr.write(f'error: {exc}\n')
+        return EXIT_ERROR
     logger = setup_logger(args.log_path if (dist is None or dist.is_main) else None)
+    if dist is not None and not dist.is_main:
+        logger.setLevel(logging.WARNING)  # rank 0 speaks for everyone
     try:
         device = dist.device if dist is not None else resolve_device(args.device)
         if args.amp and torch.device(device).type != 'cuda':

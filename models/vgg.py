@@ -5,6 +5,7 @@ import math
 
 import torch.nn as nn
 
+from .dist_norm import BatchNorm2d
 from .layers import MaskedConv2d, MaskedLinear, PerTask, scaled_width
 from .multitask import MultiTaskNet
 
@@ -13,7 +14,8 @@ FC_WIDTH = 4096
 
 
 def _bn2d(num_features):
-    return nn.BatchNorm2d(num_features)  # weight 1, bias 0, mean 0, var 1
+    # nn.BatchNorm2d outside distributed training; global-batch statistics under DDP
+    return BatchNorm2d(num_features)  # weight 1, bias 0, mean 0, var 1
 
 
 class VGGCifar(MultiTaskNet):
