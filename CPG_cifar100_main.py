@@ -88,6 +88,8 @@ def get_args_parser():
                         help='record.txt of the task (JSON sparsity -> accuracy)')
     parser.add_argument('--save_goal_file', default=None,
                         help='baseline run: train one task from scratch and write its accuracy here')
+    parser.add_argument('--initial_from', default=None,
+                        help='finetune baseline: start from this single-task checkpoint (all tensors copied)')
     parser.add_argument('--log_path', default=None, help='append the log to this file (e.g. <task>/train.log)')
     parser.add_argument('--results_file', default=None, help='inference: write the results table as JSON')
     # Runtime
@@ -112,6 +114,8 @@ def check_args(parser, args):
         parser.error('--finetune_again needs --load_folder (the task\'s gradual_prune folder)')
     if args.save_goal_file and (args.load_folder or args.mode != 'finetune'):
         parser.error('--save_goal_file is for a baseline: --mode finetune without --load_folder')
+    if args.initial_from and not args.save_goal_file:
+        parser.error('--initial_from is for the finetune baseline: give --save_goal_file too')
     if not 0.0 <= args.initial_sparsity < args.target_sparsity < 1.0 and args.mode == 'prune':
         parser.error(f'need 0 <= --initial_sparsity ({args.initial_sparsity}) < --target_sparsity '
                      f'({args.target_sparsity}) < 1')

@@ -75,7 +75,8 @@ class Manager:
                 if layer._phase is not None and layer._phase['weight_decay']:
                     layer._phase['deferred_decay'] = layer._phase['weight_decay']
                     layer._phase['weight_decay'] = 0.0
-        totals = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss sum, correct, seen
+        sums = torch.zeros(2, dtype=torch.float64, device=self.device)  # loss sum, correct (on device)
+        seen = 0                                                         # samples (known on the host)
         bar = self._batches(self.train_loader, f'train task {self.task} ep {epoch}')
         for i, (images, targets) in enumerate(bar):
             images, targets = self._to_device(images, targets)
@@ -96,11 +97,13 @@ class Manager:
             step += 1
             with torch.no_grad():
                 n = targets.numel()
-                totals += torch.stack([loss.detach() * n, (output.argmax(1) == targets).sum(),
-                                       torch.tensor(n, device=self.device)]).to(totals.dtype)
-            if self.show_progress and (i + 1) % self.log_every == 0:  # sync only here
-                t = totals.tolist()
-                bar.set_postfix(loss=f'{t[0] / t[2]:.3f}', acc=f'{t[1] / t[2]:.3f}')
+                sums += torch.stack([loss.detach().double() * n,
+                                     (output.argmax(1) == targets).sum().double()])
+                seen += n
+            if self.show_progress and (i + 1) % self.log_every == 0:  # the only sync, every N steps
+                loss_sum, correct = sums.tolist()
+                bar.set_postfix(loss=f'{loss_sum / seen:.3f}', acc=f'{correct / seen:.3f}')
+        totals = torch.cat([sums, sums.new_tensor([seen])])
         loss_sum, correct, seen = self.reduce(totals).tolist()
         return {'loss': loss_sum / max(seen, 1), 'accuracy': correct / max(seen, 1)}, step
 
@@ -111,16 +114,17 @@ class Manager:
         loader = self.val_loader if loader is None else loader
         self.model.set_task(task)
         self.model.eval()
-        totals = torch.zeros(3, dtype=torch.float64, device=self.device)
+        sums = torch.zeros(2, dtype=torch.float64, device=self.device)
+        seen = 0
         for images, targets in self._batches(loader, f'eval task {task}'):
             images, targets = self._to_device(images, targets)
             output = self.model(images)
             n = targets.numel()
-            totals += torch.stack([self.criterion(output, targets) * n,
-                                   (output.argmax(1) == targets).sum(),
-                                   torch.tensor(n, device=self.device)]).to(totals.dtype)
+            sums += torch.stack([self.criterion(output, targets).double() * n,
+                                 (output.argmax(1) == targets).sum().double()])
+            seen += n
         # every rank evaluates the whole split, so nothing is reduced here
-        loss_sum, correct, seen = totals.tolist()
+        loss_sum, correct = sums.tolist()
         return {'loss': loss_sum / max(seen, 1), 'accuracy': correct / max(seen, 1),
                 'correct': int(correct), 'total': int(seen)}
 

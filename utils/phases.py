@@ -181,18 +181,31 @@ def run_finetune(ctx):
         model = ctx.load_model(a.load_folder, 'finish the previous task first')
     else:
         model = build_model(a.arch, a.base_width, a.network_width_multiplier).to(ctx.device)
+    initial = None
+    if getattr(a, 'initial_from', None):  # finetune baseline: start from another task's model
+        initial = ctx.load_model(a.initial_from, 'train that task\'s baseline first')
+        if len(initial.tasks) != 1 or initial.multiplier != model.multiplier:
+            raise CPGError(f'--initial_from {a.initial_from} must hold one task at width '
+                           f'{model.multiplier} (it holds {len(initial.tasks)} at {initial.multiplier})')
     if any(t['name'] == a.dataset for t in model.tasks):
         raise CPGError(f'task {a.dataset!r} is already learned in {a.load_folder}; '
                        f'load the checkpoint of the task before it')
     width = width_for_new_task(a.network_width_multiplier, model.multiplier,
                                a.max_allowed_network_width_multiplier)
-    signature = ctx.signature('finetune', width=width, goal=goal)
+    signature = ctx.signature('finetune', width=width, goal=goal,
+                              initial_from=_norm(getattr(a, 'initial_from', None)))
     replayed = ctx.replay(signature)
     if replayed is not None:
         return replayed
 
     train_loader, val_loader, num_classes = ctx.data.loaders(a.dataset)
     task = model.add_task(a.dataset, num_classes, width)
+    if initial is not None:  # every tensor, the head too when the class counts match (spec §7.3)
+        state = initial.state_dict()
+        if initial.tasks[0]['num_classes'] != num_classes:
+            state = {k: v for k, v in state.items() if not k.startswith('heads.')}
+        model.load_state_dict(state, strict=False)
+        ctx.logger.info('initialized from %s (task %r)', a.initial_from, initial.tasks[0]['name'])
     assign_free_capacity(model, task)
     owns = owns_any(model, task)
     learn_pick = task >= 2 and a.learn_pick
