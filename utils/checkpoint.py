@@ -102,7 +102,18 @@ def model_from_checkpoint(ckpt, device='cpu'):
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0]
         raise CPGError(f'checkpoint does not match its architecture {ckpt["arch"]!r}: {first}') from None
+    freeze_float_picks(model)
     return model
+
+
+def freeze_float_picks(model):
+    """A resume file holds the newest task's float pick; outside its phase it must be packed bits,
+    or evaluating that task would silently use every earlier weight."""
+    task = len(model.tasks)
+    for _, layer in model.masked_layers():
+        if layer.pick_score is not None and layer._phase is None:
+            layer.begin_phase(task, learn_pick=True, fixed_pick=False, weight_decay=0.0)
+            layer.end_phase()
 
 
 def copy_checkpoint(src, dst):

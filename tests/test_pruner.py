@@ -1,0 +1,172 @@
+"""Gradual pruning (spec §3.2): cubic schedule, update times, exact per-layer sparsity, ties."""
+import pytest
+import torch
+
+from cpg_testlib import begin_all, end_all, learn_task, tiny_model, train_steps
+from models.layers import MaskedConv2d, MaskedLinear
+from utils.grower import assign_free_capacity
+from utils.manager import build_weight_optimizer
+from utils.pruner import GradualPruner, release_smallest, sparsity_at
+
+
+# ----- schedule ------------------------------------------------------------------------------------
+@pytest.mark.parametrize('step, expected', [
+    (0, 0.1),                                   # begin: s_i
+    (50, 0.2 + (0.1 - 0.2) * 0.5 ** 3),         # middle: 0.1875
+    (25, 0.2 + (0.1 - 0.2) * 0.75 ** 3),
+    (100, 0.2),                                 # end: s_f
+    (-10, 0.1),                                 # before the window: clamped to s_i
+    (1000, 0.2),                                # after the window: clamped to s_f
+])
+def test_cubic_schedule_values(step, expected):
+    assert sparsity_at(step, 0.1, 0.2, 0, 100) == pytest.approx(expected, abs=1e-12)
+
+
+def test_cubic_schedule_shape_and_offsets():
+    # s(t) = s_f + (s_i - s_f)(1 - p)^3 with p relative to [begin, end]
+    assert sparsity_at(30, 0.0, 0.9, 10, 50) == pytest.approx(0.9 - 0.9 * 0.5 ** 3)
+    values = [sparsity_at(t, 0.0, 0.5, 0, 40) for t in range(41)]
+    assert all(b >= a for a, b in zip(values, values[1:]))  # monotone
+    increments = [b - a for a, b in zip(values, values[1:])]
+    assert increments[0] > increments[-1]  # prunes fast first, slowly at the end
+    assert sparsity_at(5, 0.3, 0.6, 7, 7) == 0.6  # empty window: the target at once
+
+
+# ----- update times ------------------------------------------------------------------------------
+def _learned_model(seed=0):
+    model = tiny_model(seed)
+    model.add_task('t1', 5)
+    learn_task(model, 1, seed=seed)
+    return model
+
+
+@pytest.mark.parametrize('end_step, frequency, expected_updates', [
+    (25, 10, [10, 20, 25]),      # first at t = frequency, then every frequency, s_f forced at t1
+    (30, 10, [10, 20, 30]),
+    (7, 3, [3, 6, 7]),
+    (4, 10, [4]),                # stage shorter than the frequency: only the final update at t1
+])
+def test_gradual_pruner_update_times(end_step, frequency, expected_updates):
+    model = _learned_model()
+    pruner = GradualPruner(model, 1, 0.0, 0.5, begin_step=0, end_step=end_step, frequency=frequency)
+    applied = []
+    original = pruner.apply
+
+    def recording_apply(sparsity):
+        applied.append(sparsity)
+        original(sparsity)
+
+    pruner.apply = recording_apply
+    updates = [t for t in range(end_step + 15) if pruner.step(t)]
+    assert updates == expected_updates
+    assert applied == pytest.approx([sparsity_at(t, 0.0, 0.5, 0, end_step) for t in expected_updates])
+    assert applied[-1] == 0.5
+    assert pruner.applied == 0.5
+    pruner.finalize()  # already at the target: nothing more happens
+    assert len(applied) == len(expected_updates)
+
+
+def test_finalize_applies_target_when_the_stage_ended_early():
+    model = _learned_model()
+    pruner = GradualPruner(model, 1, 0.0, 0.4, begin_step=0, end_step=100, frequency=10)
+    for t in range(35):  # interrupted window: last update at t = 30
+        pruner.step(t)
+    assert pruner.applied == pytest.approx(sparsity_at(30, 0.0, 0.4, 0, 100))
+    pruner.finalize()
+    assert pruner.applied == 0.4
+    for (_, layer), pool in zip(model.masked_layers(), pruner.pool_sizes):
+        assert int((layer.owner == 0).sum()) == round(0.4 * pool)
+
+
+# ----- exact per-layer sparsity over the pool ------------------------------------------------------
+def _run_stage(model, task, s_i, s_f, steps, frequency, end_step, seed):
+    begin_all(model, task, fixed_pick=task >= 2)
+    sgd = build_weight_optimizer(model, task, lr=0.05)
+    pruner = GradualPruner(model, task, s_i, s_f, begin_step=0, end_step=end_step,
+                           frequency=frequency, optimizer=sgd)
+    gen = torch.Generator().manual_seed(seed)
+    for t in range(steps):
+        train_steps(model, task, [sgd], 1, gen)
+        pruner.step(t)
+    pruner.finalize()
+    end_all(model)
+    return pruner
+
+
+def test_full_stages_reach_the_target_share_of_the_tasks_capacity():
+    model = tiny_model(seed=4)
+    model.add_task('t1', 5)
+    learn_task(model, 1, sparsity=0.5, seed=1)
+    model.add_task('t2', 5)
+    learn_task(model, 2, seed=2)  # Phase A: task 2 owns every entry task 1 released
+    layers = [l for _, l in model.masked_layers()]
+    capacity = [int((l.owner == 2).sum()) for l in layers]
+    task1 = [l.owner.clone() == 1 for l in layers]
+    assert all(c > 0 for c in capacity)
+
+    # stage 1: 0 -> 0.5, then stage 2: 0.5 -> 0.9 (separate pruners, as separate processes)
+    for s_i, s_f, seed in ((0.0, 0.5, 5), (0.5, 0.9, 6)):
+        pruner = _run_stage(model, 2, s_i, s_f, steps=8, frequency=2, end_step=6, seed=seed)
+        assert pruner.pool_sizes == capacity  # pool = owned by task 2 or free, at stage start
+        for layer, cap, was_task1 in zip(layers, capacity, task1):
+            free = int((layer.owner == 0).sum())
+            assert abs(free - round(s_f * cap)) <= 1
+            assert int((layer.owner == 2).sum()) + free == cap
+            assert torch.equal(layer.owner == 1, was_task1)  # task 1 never loses a weight
+
+
+@pytest.mark.parametrize('fill', ['zeros', 'constant'])
+def test_ties_release_exactly_round_s_times_pool(fill):
+    torch.manual_seed(0)
+    layer = MaskedConv2d(4, 8, 3, padding=1)
+    layer.add_task(1, 8, 4)
+    assign = layer.owner
+    assign.fill_(1)
+    pool = layer.owner.numel()  # 288
+    with torch.no_grad():
+        if fill == 'zeros':
+            layer.weight.zero_()
+        else:  # equal magnitudes, mixed signs
+            layer.weight.copy_(0.5 * torch.sign(torch.randn_like(layer.weight)))
+    for sparsity in (0.1, 0.3, 0.55, 0.9):
+        release_smallest(layer, 1, sparsity, pool)
+        assert int((layer.owner == 0).sum()) == round(sparsity * pool)
+        assert int((layer.owner == 1).sum()) == pool - round(sparsity * pool)
+
+
+def test_rank_uses_round_half_even_and_zero_rank_releases_nothing():
+    layer = MaskedLinear(5, 4)  # 20 entries
+    layer.add_task(1, 4, 5)
+    layer.owner.fill_(1)
+    release_smallest(layer, 1, 0.02, 20)  # round(0.4) = 0: nothing
+    assert not (layer.owner == 0).any()
+    release_smallest(layer, 1, 0.125, 20)  # round(2.5) = 2 (half to even)
+    assert int((layer.owner == 0).sum()) == 2
+    release_smallest(layer, 1, 0.375, 20)  # round(7.5) = 8
+    assert int((layer.owner == 0).sum()) == 8
+
+
+def test_release_only_touches_the_task_and_counts_free_entries_first():
+    torch.manual_seed(1)
+    layer = MaskedLinear(10, 10, std=1.0)
+    layer.add_task(1, 10, 10)
+    layer.add_task(2, 10, 10)
+    with torch.no_grad():
+        owner = torch.zeros(100, dtype=torch.uint8)
+        owner[:30] = 1      # task 1: tiny weights, must never be released by task 2
+        owner[30:40] = 0    # already free (zeros)
+        owner[40:] = 2
+        layer.owner.copy_(owner.view(10, 10))
+        w = layer.weight.view(-1)
+        w[:30] = 1e-6
+        w[30:40] = 0.0
+    pool = 70
+    before = layer.weight.detach().clone()
+    release_smallest(layer, 2, 0.5, pool)  # 35 free in total: 10 already free + 25 released
+    assert int((layer.owner == 0).sum()) == 35
+    assert int((layer.owner == 2).sum()) == 35
+    assert torch.all(layer.owner.view(-1)[:30] == 1)
+    assert torch.equal(layer.weight.detach().view(-1)[:30], before.view(-1)[:30])
+    released = (before != 0) & (layer.owner == 0)
+    survivors = layer.owner == 2
+    assert before[released].abs().max() <= before[survivors].abs().min()
