@@ -179,6 +179,19 @@ class MaskedLayer(nn.Module):
         self._phase = state
         self._eval_cache = None
 
+    @torch.no_grad()
+    def release_(self, keep, keep_float):
+        """Free the entries where `keep` is False (bool, weight shape; keep_float: the same as
+        the weight's dtype): owner 0, weight 0, gradient gate closed. Multiplies in place, the
+        cheapest way to do it: no full-size allocation in the pruning hot path."""
+        self.owner.mul_(keep)
+        self.weight.mul_(keep_float)
+        if self._phase is not None:
+            if self._phase['own'] is None:   # the task owned everything until now
+                self._phase['own'] = keep_float.clone()
+            else:
+                self._phase['own'].mul_(keep_float)
+
     def refresh_ownership(self):
         """Re-derive the gradient gate after the pruner released entries (every few steps)."""
         if self._phase is None:
