@@ -61,14 +61,18 @@ class _GatedWeight(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, weight, score, keep, own, old, weight_decay):
+    def forward(ctx, weight, score, keep, own, old, weight_decay, buffers):
         ctx.save_for_backward(weight, own, old)
         ctx.weight_decay = weight_decay
         ctx.has_score = score is not None
+        # buffers = (mask, out): reused every step (allocating them costs more than the math). If
+        # the next forward overwrote `out` before this graph's backward ran, autograd's version
+        # check would raise instead of computing wrong gradients.
         if score is not None:
-            return weight * (score > PICK_THRESHOLD)
+            mask = torch.gt(score, PICK_THRESHOLD, out=buffers[0])   # B(P) as 0/1 floats
+            return torch.mul(weight, mask, out=buffers[1])
         if keep is not None:
-            return weight * keep
+            return torch.mul(weight, keep, out=buffers[1])
         return weight.view_as(weight)
 
     @staticmethod
@@ -84,7 +88,7 @@ class _GatedWeight(torch.autograd.Function):
                 grad_weight.add_(weight, alpha=ctx.weight_decay)
             if own is not None:
                 grad_weight.mul_(own)
-        return grad_weight, grad_score, None, None, None, None
+        return grad_weight, grad_score, None, None, None, None, None
 
 
 class MaskedLayer(nn.Module):
@@ -175,6 +179,10 @@ class MaskedLayer(nn.Module):
             self.pick_score = None
             if fixed_pick and has_old:
                 state['keep'] = self.task_keep_mask(task).to(dtype)
+        if self.pick_score is not None or state['keep'] is not None:
+            state['buffers'] = (torch.empty_like(self.weight), torch.empty_like(self.weight))
+        else:
+            state['buffers'] = None
         self.weight.requires_grad_(train_weights)
         self._phase = state
         self._eval_cache = None
@@ -258,7 +266,7 @@ class MaskedLayer(nn.Module):
         phase = self._phase
         if self.training and phase is not None and phase['task'] == task:
             w_eff = _GatedWeight.apply(self.weight, self.pick_score, phase['keep'], phase['own'],
-                                       phase['old'], phase['weight_decay'])
+                                       phase['old'], phase['weight_decay'], phase['buffers'])
         else:
             w_eff = self.effective_weight(task)
         return self._op(x, w_eff, bias)
