@@ -236,7 +236,7 @@ class MaskedLayer(nn.Module):
         bits = getattr(self, f'pick_bits_{task}', None)
         if bits is not None:
             picked = torch.zeros_like(keep)
-            picked[old] = unpack_bits(bits, int(old.sum()))
+            picked[old] = unpack_bits(bits, int(torch.count_nonzero(old)))
             keep |= picked
         elif (self.pick_score is not None and self._phase is not None
               and self._phase['task'] == task):

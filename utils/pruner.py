@@ -94,7 +94,7 @@ class GradualPruner:
         self.applied = None  # sparsity of the last update
         self.after_update = None  # e.g. broadcast owner masks from rank 0 under DDP
         # The pool (owned by the task or free) is constant during a task: releases move k -> 0.
-        self.pool_sizes = [int(((l.owner == task) | (l.owner == 0)).sum()) for l in self.layers]
+        self.pool_sizes = [int(torch.count_nonzero((l.owner == task) | (l.owner == 0))) for l in self.layers]
         self.scratch = None  # per-layer buffers, allocated at the first update
 
     def state_dict(self):
