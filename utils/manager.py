@@ -32,11 +32,8 @@ def task_parameters(model, task, train_weights=True):
 
 def build_weight_optimizer(model, task, lr, train_weights=True):
     """SGD, Nesterov momentum 0.9, no built-in weight decay (manual L2 lives in the layers, §3.8)."""
-    params = task_parameters(model, task, train_weights)
-    try:  # fused: one in-place kernel per step; the default CPU path allocates per parameter
-        return torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=0.0, fused=True)
-    except (RuntimeError, TypeError, ValueError):
-        return torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=0.0)
+    return torch.optim.SGD(task_parameters(model, task, train_weights), lr=lr, momentum=0.9,
+                           nesterov=True, weight_decay=0.0)
 
 
 def set_lr(optimizer, lr):
