@@ -168,6 +168,20 @@ def _set_task_record(model, task, **fields):
     model.tasks[task - 1].update(fields)
 
 
+def _picking_epoch(ctx, model, task, manager, sgd, adam, epoch, mask_factors, phase):
+    """One epoch of weights + pick masks on the fixed-epoch LR schedule (Phase A and retrain)."""
+    a = ctx.args
+    lr = lr_at(a.lr, epoch, a.lr_decay_epochs, [a.lr_decay_factor] * len(a.lr_decay_epochs))
+    lr_mask = lr_at(a.lr_mask, epoch, a.mask_lr_decay_epochs, mask_factors)
+    set_lr(sgd, lr)
+    set_lr(adam, lr_mask)
+    ctx.seed_epoch(manager.train_loader, epoch)
+    train, _ = manager.train_epoch(epoch, [sgd, adam])
+    val = manager.validate()
+    ctx.log_epoch(model, task, phase, epoch, train, val, {'lr': lr, 'lr_mask': lr_mask})
+    return train, val
+
+
 # --------------------------------------------------------------------------------------------------
 # Phase A
 # --------------------------------------------------------------------------------------------------
@@ -232,14 +246,7 @@ def run_finetune(ctx):
         start, train, val = resume['epoch'], resume['train'], resume['val']
 
     for epoch in range(start, a.epochs):
-        lr = lr_at(a.lr, epoch, a.lr_decay_epochs, [a.lr_decay_factor] * len(a.lr_decay_epochs))
-        lr_mask = lr_at(a.lr_mask, epoch, a.mask_lr_decay_epochs, mask_factors)
-        set_lr(sgd, lr)
-        set_lr(adam, lr_mask)
-        ctx.seed_epoch(train_loader, epoch)
-        train, _ = manager.train_epoch(epoch, [sgd, adam])
-        val = manager.validate()
-        ctx.log_epoch(model, task, 'finetune', epoch, train, val, {'lr': lr, 'lr_mask': lr_mask})
+        train, val = _picking_epoch(ctx, model, task, manager, sgd, adam, epoch, mask_factors, 'finetune')
         ctx.save(model, RESUME_NAME, frozen=False, signature=signature, epoch=epoch + 1,
                  sgd=sgd.state_dict(), adam=adam.state_dict() if adam else None, train=train, val=val)
 
@@ -422,14 +429,7 @@ def run_retrain(ctx):
     for epoch in range(start, a.epochs):
         if stale >= a.retrain_patience:
             break
-        lr = lr_at(a.lr, epoch, a.lr_decay_epochs, [a.lr_decay_factor] * len(a.lr_decay_epochs))
-        lr_mask = lr_at(a.lr_mask, epoch, a.mask_lr_decay_epochs, mask_factors)
-        set_lr(sgd, lr)
-        set_lr(adam, lr_mask)
-        ctx.seed_epoch(train_loader, epoch)
-        train, _ = manager.train_epoch(epoch, [sgd, adam])
-        val = manager.validate()
-        ctx.log_epoch(model, task, 'retrain', epoch, train, val, {'lr': lr, 'lr_mask': lr_mask})
+        train, val = _picking_epoch(ctx, model, task, manager, sgd, adam, epoch, mask_factors, 'retrain')
         if val['accuracy'] > best:
             best, stale, improved = val['accuracy'], 0, True
             _set_task_record(model, task, accuracy=best)
