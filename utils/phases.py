@@ -19,7 +19,7 @@ from models import build_model
 from models.layers import PICK_THRESHOLD
 
 from .checkpoint import (CHECKPOINT_NAME, RESUME_NAME, atomic_write_json, load_checkpoint,
-                         model_from_checkpoint, save_checkpoint)
+                         model_from_checkpoint, resolve_checkpoint, save_checkpoint)
 from .errors import CPGError
 from .grower import assign_free_capacity, owns_any, width_for_new_task
 from .logger import append_jsonl
@@ -456,7 +456,6 @@ def run_inference(ctx):
     for name in wanted:
         if name not in names:
             raise CPGError(f'task {name!r} is not in the checkpoint {ckpt_path} (it holds: {", ".join(names)})')
-    from .checkpoint import resolve_checkpoint
     size_mb = os.path.getsize(resolve_checkpoint(ckpt_path)) / 2 ** 20
     rows = []
     for name in wanted:
