@@ -15,13 +15,13 @@ import torch
 
 from models import MODELS
 from utils.cifar100_dataset import TaskImageFolder, get_loaders, task_normalization
-from utils.cli import ArgumentParser
+from utils.cli import ArgumentParser, write_exit_status
 from utils.data import default_workers, make_loader, seed_everything
 from utils.distributed import Distributed
 from utils.errors import CPGError
 from utils.logger import log_run_header, setup_logger
-from utils.phases import (EXIT_ERROR, EXIT_NO_GOAL, PhaseContext, format_results_table, run_finetune,
-                          run_inference, run_prune, run_retrain)
+from utils.phases import (EXIT_ERROR, EXIT_NO_GOAL, PROTOCOL_STATUSES, PhaseContext,
+                          format_results_table, run_finetune, run_inference, run_prune, run_retrain)
 from utils.records import GoalFileMissing
 
 
@@ -91,6 +91,9 @@ def get_args_parser():
     parser.add_argument('--initial_from', default=None,
                         help='finetune baseline: start from this single-task checkpoint (all tensors copied)')
     parser.add_argument('--log_path', default=None, help='append the log to this file (e.g. <task>/train.log)')
+    parser.add_argument('--resume_every_minutes', type=float, default=10.0,
+                        help='write <save_folder>/resume.pth.tar at most this often (and after the '
+                             'last epoch); 0 = after every epoch')
     parser.add_argument('--results_file', default=None, help='inference: write the results table as JSON')
     # Runtime
     parser.add_argument('--device', default='auto', help='auto (CUDA if present), cpu, cuda or cuda:N')
@@ -168,6 +171,14 @@ def resolve_device(name):
 
 
 def main(args):
+    """Run one stage; its exit status is also written to <save_folder>/exit_status (rank 0)."""
+    status = run_stage(args)
+    if args.save_folder and int(os.environ.get('RANK', '0')) == 0:
+        write_exit_status(args.save_folder, status)
+    return status
+
+
+def run_stage(args):
     try:
         dist = Distributed.from_env(args.device)
     except CPGError as exc:
@@ -206,8 +217,17 @@ def main(args):
             dist.close()
 
 
+def process_exit_code(status):
+    """What the process exits with. Under torchrun the protocol statuses (2 widen, 3 no goal file,
+    5 no capacity, 6 stop pruning) exit 0: torchrun reports any non-zero child as a failure, with
+    a traceback, and returns 1 anyway. The status itself is in <save_folder>/exit_status."""
+    if int(os.environ.get('WORLD_SIZE', '1')) > 1 and status in PROTOCOL_STATUSES:
+        return 0
+    return status
+
+
 if __name__ == '__main__':
     parser = get_args_parser()
     args = parser.parse_args()
     check_args(parser, args)
-    sys.exit(main(args))
+    sys.exit(process_exit_code(main(args)))

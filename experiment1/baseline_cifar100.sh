@@ -11,11 +11,16 @@ LR=${LR:-1e-2}
 BASELINE_LR_DECAY_EPOCHS="$((BASELINE_EPOCHS * 50 / 100)) $((BASELINE_EPOCHS * 80 / 100))"
 ROOT=$CHECKPOINT_ROOT/baseline/experiment1/$ARCH
 mkdir -p logs "$ROOT"
+preflight   # every task's train/test folders and class count, before any training
 
 for task in "${TASK_LIST[@]}"; do
   echo "=== baseline: $task"
-  cpg --mode finetune --dataset "$task" --save_folder "$ROOT/$task" \
+  run_stage "$ROOT/$task" --mode finetune --dataset "$task" \
     --epochs "$BASELINE_EPOCHS" --lr "$LR" --lr_decay_epochs $BASELINE_LR_DECAY_EPOCHS \
     --save_goal_file "$GOALS_FILE" --log_path "$ROOT/$task/train.log"
+  if [ "$stage_status" -ne 0 ]; then
+    echo "stopping: baseline of $task exited with status $stage_status (see $ROOT/$task/train.log)" >&2
+    exit "$stage_status"
+  fi
 done
 echo "accuracy goals written to $GOALS_FILE"

@@ -13,6 +13,7 @@ FIRST_LR=${FIRST_LR:-1e-2}
 FINETUNE_LR=${FINETUNE_LR:-5e-3}
 BASELINE_LR_DECAY_EPOCHS="$((BASELINE_EPOCHS * 50 / 100)) $((BASELINE_EPOCHS * 80 / 100))"
 mkdir -p logs
+preflight   # every task's train/test folders and class count, before any training
 
 for run in $(seq 1 "$RUNS"); do
   ROOT=$CHECKPOINT_ROOT/finetune/experiment1_$run/$ARCH
@@ -29,9 +30,13 @@ for run in $(seq 1 "$RUNS"); do
     else
       echo "=== finetune run $run: $task from scratch"
     fi
-    cpg --mode finetune --dataset "$task" --save_folder "$ROOT/$task" "${init[@]}" \
+    run_stage "$ROOT/$task" --mode finetune --dataset "$task" "${init[@]}" \
       --epochs "$BASELINE_EPOCHS" --lr "$lr" --lr_decay_epochs $BASELINE_LR_DECAY_EPOCHS \
       --save_goal_file "logs/finetune_cifar100_acc_$run.txt" --log_path "$ROOT/$task/train.log"
+    if [ "$stage_status" -ne 0 ]; then
+      echo "stopping: finetune run $run of $task exited with status $stage_status (see $ROOT/$task/train.log)" >&2
+      exit "$stage_status"
+    fi
   done
 done
 python tools/combine_goal_files.py --mode mean --out logs/finetune_avg_cifar100_acc.txt logs/finetune_cifar100_acc_*.txt

@@ -51,8 +51,11 @@ class _GatedWeight(torch.autograd.Function):
     forward:  W_eff = W * B(P)           (pick learned: straight-through binarizer)
               W_eff = W * keep           (pick fixed, e.g. during pruning stages)
               W_eff = W                  (task uses all earlier weights)
-    backward: dW = (g + wd * W) * own    manual L2 then gating: only the task's own weights learn
-              dP = g * W * old           straight-through: only entries of earlier tasks learn
+    backward: dW = where(own, g + wd * W, 0)   manual L2 then gating: only the task's own weights learn
+              dP = where(old, g * W, 0)        straight-through: only entries of earlier tasks learn
+
+Gating selects (masked_fill) instead of multiplying: a diverging task's NaN/inf gradient times 0 is
+still NaN, and SGD momentum would carry it into earlier tasks' frozen weights.
 
     Invariants that make the cheap forward exact (kept by the phase setup and the pruner):
     free entries hold W == 0, no later task exists, and P > threshold on the task's own entries.
@@ -61,8 +64,10 @@ class _GatedWeight(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, weight, score, keep, own, old, weight_decay, buffers):
-        ctx.save_for_backward(weight, own, old)
+    def forward(ctx, weight, score, keep, frozen, not_old, weight_decay, buffers):
+        # frozen: bool, entries the task does not own (None: it owns all); not_old: bool, entries
+        # not owned by an earlier task (their pick score must not learn)
+        ctx.save_for_backward(weight, frozen, not_old)
         ctx.weight_decay = weight_decay
         ctx.has_score = score is not None
         # buffers = (mask, out): reused every step (allocating them costs more than the math). If
@@ -77,17 +82,17 @@ class _GatedWeight(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        weight, own, old = ctx.saved_tensors
+        weight, frozen, not_old = ctx.saved_tensors
         grad_score = None
         if ctx.has_score and ctx.needs_input_grad[1]:
-            grad_score = torch.mul(grad, weight).mul_(old)
+            grad_score = torch.mul(grad, weight).masked_fill_(not_old, 0.0)
         grad_weight = None
         if ctx.needs_input_grad[0]:
             grad_weight = grad.contiguous() if not grad.is_contiguous() else grad
             if ctx.weight_decay:
                 grad_weight.add_(weight, alpha=ctx.weight_decay)
-            if own is not None:
-                grad_weight.mul_(own)
+            if frozen is not None:
+                grad_weight.masked_fill_(frozen, 0.0)
         return grad_weight, grad_score, None, None, None, None, None
 
 
@@ -168,8 +173,8 @@ class MaskedLayer(nn.Module):
         has_old = bool(old.any())
         owns_all = bool(own.all())
         dtype = self.weight.dtype
-        state['own'] = None if owns_all else own.to(dtype)
-        state['old'] = old.to(dtype) if (learn_pick and has_old) else None
+        state['frozen'] = None if owns_all else own.logical_not()
+        state['not_old'] = old.logical_not() if (learn_pick and has_old) else None
         if learn_pick and has_old:
             if self.pick_score is None or self.pick_score.shape != self.weight.shape:
                 self.pick_score = nn.Parameter(torch.full_like(self.weight, PICK_INIT))
@@ -190,22 +195,22 @@ class MaskedLayer(nn.Module):
     @torch.no_grad()
     def release_(self, keep, keep_float):
         """Free the entries where `keep` is False (bool, weight shape; keep_float: the same as
-        the weight's dtype): owner 0, weight 0, gradient gate closed. Multiplies in place, the
+        the weight's dtype): owner 0, weight 0, gradient gate closed. Works in place, the
         cheapest way to do it: no full-size allocation in the pruning hot path."""
         self.owner.mul_(keep)
         self.weight.mul_(keep_float)
         if self._phase is not None:
-            if self._phase['own'] is None:   # the task owned everything until now
-                self._phase['own'] = keep_float.clone()
+            if self._phase['frozen'] is None:   # the task owned everything until now
+                self._phase['frozen'] = keep.logical_not()
             else:
-                self._phase['own'].mul_(keep_float)
+                self._phase['frozen'].logical_or_(keep.logical_not())
 
     def refresh_ownership(self):
         """Re-derive the gradient gate after the pruner released entries (every few steps)."""
         if self._phase is None:
             return
         task = self._phase['task']
-        self._phase['own'] = (self.owner == task).to(self.weight.dtype)
+        self._phase['frozen'] = self.owner != task
 
     def end_phase(self):
         """Freeze the task: its binary pick over earlier tasks' entries becomes packed bits."""
@@ -265,8 +270,8 @@ class MaskedLayer(nn.Module):
         bias = self.biases[str(task)] if self.has_bias else None
         phase = self._phase
         if self.training and phase is not None and phase['task'] == task:
-            w_eff = _GatedWeight.apply(self.weight, self.pick_score, phase['keep'], phase['own'],
-                                       phase['old'], phase['weight_decay'], phase['buffers'])
+            w_eff = _GatedWeight.apply(self.weight, self.pick_score, phase['keep'], phase['frozen'],
+                                       phase['not_old'], phase['weight_decay'], phase['buffers'])
         else:
             w_eff = self.effective_weight(task)
         return self._op(x, w_eff, bias)
@@ -274,12 +279,15 @@ class MaskedLayer(nn.Module):
     # ----- checkpoint loading: pick_bits_* buffers exist only for tasks that picked ------------
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
+        # New tensors go on the layer's device, never the saved tensor's: a checkpoint is loaded
+        # on the CPU after the model was moved to its device.
+        device = self.weight.device
         for key, value in state_dict.items():
             if key.startswith(prefix + 'pick_bits_') and '.' not in key[len(prefix):]:
-                self.register_buffer(key[len(prefix):], torch.empty_like(value))
+                self.register_buffer(key[len(prefix):], torch.empty_like(value, device=device))
         score_key = prefix + 'pick_score'
         if score_key in state_dict and self.pick_score is None:
-            self.pick_score = nn.Parameter(torch.empty_like(state_dict[score_key]))
+            self.pick_score = nn.Parameter(torch.empty_like(state_dict[score_key], device=device))
         owner_key = prefix + 'owner'
         if owner_key in state_dict and state_dict[owner_key].dtype != self.owner.dtype:
             self.owner = self.owner.to(state_dict[owner_key].dtype)

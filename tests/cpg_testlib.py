@@ -1,8 +1,13 @@
-"""Shared helpers of the CPG core tests: tiny models, data-free task learning, logits snapshots.
+"""Shared helpers of the CPG core tests: the test device, tiny models, data-free task learning.
 
-Everything runs on CPU with the tiny VGG (base_width 0.0625: channels 4..32, FC 256) and random
-inputs, so a whole task (finetune + prune + retrain) takes well under a second.
+The tiny VGG (base_width 0.0625: channels 4..32, FC 256) and random inputs make a whole task
+(finetune + prune + retrain) take well under a second on a CPU.
+
+Device: CPG_TEST_DEVICE (default `cpu`; `cuda`, `cuda:N` on a GPU machine). Models and inputs go
+there; random numbers are always drawn on the CPU with explicit generators and then moved, so a
+test sees the same values on every device.
 """
+import importlib.util
 import os
 import sys
 
@@ -24,14 +29,44 @@ TINY = 0.0625
 WD = 4e-5
 
 
+def device_error(name):
+    """Why `name` cannot be the test device here (one line), or None if it can."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        return f'CPG_TEST_DEVICE={name!r} is not a device; use cpu, cuda or cuda:N'
+    if device.type == 'cpu':
+        return None
+    if device.type != 'cuda':
+        return f'CPG_TEST_DEVICE={name!r}: the suite runs on cpu or cuda only'
+    if not torch.cuda.is_available():
+        return f'CPG_TEST_DEVICE={name!r} but CUDA is not available here; unset it or use cpu'
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        return (f'CPG_TEST_DEVICE={name!r} but only {torch.cuda.device_count()} CUDA device(s) '
+                f'are visible; use cuda:0..cuda:{torch.cuda.device_count() - 1}')
+    return None
+
+
+# conftest.py stops the session with device_error(DEVICE) before any test runs if it is unusable.
+DEVICE = os.environ.get('CPG_TEST_DEVICE', 'cpu')
+ON_CUDA = DEVICE.startswith('cuda')
+
+
+def to_device(*tensors):
+    """The tensors on the test device (one tensor -> one tensor)."""
+    moved = tuple(t.to(DEVICE) for t in tensors)
+    return moved[0] if len(moved) == 1 else moved
+
+
 def tiny_model(seed=0):
+    """The tiny VGG on the test device, built before any task exists (as Phase A of task 1 does)."""
     torch.manual_seed(seed)
-    return build_model(ARCH, base_width=TINY)
+    return build_model(ARCH, base_width=TINY).to(DEVICE)
 
 
 def fixed_inputs(n=4, seed=123):
     gen = torch.Generator().manual_seed(seed)
-    return torch.randn(n, 3, 32, 32, generator=gen)
+    return torch.randn(n, 3, 32, 32, generator=gen).to(DEVICE)
 
 
 def begin_all(model, task, learn_pick=False, fixed_pick=False, weight_decay=WD):
@@ -45,13 +80,15 @@ def end_all(model):
 
 
 def train_steps(model, task, optimizers, steps, gen, classes=5, batch=4):
-    """`steps` optimizer steps of task `task` on random images/labels (train mode)."""
+    """`steps` optimizer steps of task `task` on random images/labels (train mode); `gen` is a
+    CPU generator, the batches are moved to the test device."""
     model.set_task(task)
     model.train()
     optimizers = [opt for opt in optimizers if opt is not None]
     for _ in range(steps):
         x = torch.randn(batch, 3, 32, 32, generator=gen)
         y = torch.randint(0, classes, (batch,), generator=gen)
+        x, y = to_device(x, y)
         for opt in optimizers:
             opt.zero_grad(set_to_none=True)
         F.cross_entropy(model(x), y).backward()
@@ -123,10 +160,88 @@ def snapshot(model):
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
+class TensorTasks:
+    """The data provider CPG_cifar100_main.main builds (CifarTasks' interface), over fixed random
+    tensors without augmentation: monkeypatch it over `CPG_cifar100_main.CifarTasks` to run the
+    real phases in process in about a second.
+
+    Every task has TRAIN_SIZE train and VAL_SIZE test samples of 5 classes (class k shifts channel
+    0 by k/2: learnable). Train batches come from the production RankSeededSampler for every world
+    size (one process: num_replicas=1), so under DDP the ranks' k-th batches together are exactly
+    the k-th batch of one process with the same global batch. Tensors stay on the CPU: the Manager
+    moves batches to the device, as with the image loaders.
+    """
+
+    TRAIN_SIZE, VAL_SIZE, NUM_CLASSES = 64, 40, 5
+
+    def __init__(self, args, device, dist=None):
+        self.args, self.device, self.dist = args, device, dist
+
+    @classmethod
+    def tensors(cls, task, split):
+        """(images (N, 3, 32, 32), labels (N,)) of `task`; the same in every process."""
+        from zlib import crc32  # str hash() differs between processes
+        size = cls.TRAIN_SIZE if split == 'train' else cls.VAL_SIZE
+        gen = torch.Generator().manual_seed(crc32(f'{task}/{split}'.encode()))
+        labels = torch.arange(size) % cls.NUM_CLASSES
+        images = torch.randn(size, 3, 32, 32, generator=gen)
+        images[:, 0] += labels.view(-1, 1, 1).float() * 0.5
+        return images, labels
+
+    def loaders(self, task):
+        from torch.utils.data import DataLoader, TensorDataset
+
+        from utils.distributed import RankSeededSampler
+        world, rank = (self.dist.world_size, self.dist.rank) if self.dist is not None else (1, 0)
+        assert self.args.batch_size % world == 0, 'the global batch must split evenly over the ranks'
+        train_set = TensorDataset(*self.tensors(task, 'train'))
+        sampler = RankSeededSampler(train_set, num_replicas=world, rank=rank, shuffle=True,
+                                    seed=self.args.seed)
+        train = DataLoader(train_set, batch_size=self.args.batch_size // world, sampler=sampler,
+                           generator=torch.Generator().manual_seed(self.args.seed))
+        return train, self.val_loader(task), self.NUM_CLASSES
+
+    def val_loader(self, task):
+        from torch.utils.data import DataLoader, TensorDataset
+        return DataLoader(TensorDataset(*self.tensors(task, 'test')), batch_size=self.args.val_batch_size)
+
+
+def stage_args(argv, **flags):
+    """CPG_cifar100_main's parsed and checked args for `argv` plus --key value for each flag.
+
+    Through get_args_parser, so flags a test does not name keep their defaults; --device is the
+    test device unless given.
+    """
+    import CPG_cifar100_main as cli
+    argv = list(argv)
+    flags.setdefault('device', DEVICE)
+    for key, value in flags.items():
+        argv += [f'--{key}', str(value)]
+    parser = cli.get_args_parser()
+    args = parser.parse_args(argv)
+    cli.check_args(parser, args)
+    return args
+
+
+def make_toy_data(out, tasks=3, train=300, test=40, **flags):
+    """tools/make_toy_data.py in this process (no interpreter start): returns `out` as a string."""
+    spec = importlib.util.spec_from_file_location('make_toy_data', os.path.join(REPO, 'tools', 'make_toy_data.py'))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    argv = ['--out', str(out), '--tasks', str(tasks), '--train', str(train), '--test', str(test)]
+    for key, value in flags.items():
+        argv += [f'--{key}', str(value)]
+    if tool.main(tool.get_args_parser().parse_args(argv)) != 0:
+        raise RuntimeError(f'tools/make_toy_data.py failed for {out}')
+    return str(out)
+
+
 def subprocess_env(**extra):
-    """Environment for the CLI / script subprocesses: one OpenMP thread, this interpreter first on PATH."""
+    """Environment for CLI / script subprocesses: one OpenMP thread, this interpreter first on
+    PATH, and DEVICE (the experiment scripts' knob) set to the test device."""
     env = dict(os.environ)
     env.setdefault('OMP_NUM_THREADS', '1')
     env['PATH'] = os.path.dirname(sys.executable) + os.pathsep + env.get('PATH', '')
+    env['DEVICE'] = DEVICE
     env.update({k: str(v) for k, v in extra.items()})
     return env

@@ -1,8 +1,10 @@
 """The CLI's error protocol (spec §3.7, §12 items 7, 12, 27): one clear line, the right exit status.
 
 Exit 1 = error, 3 = goal file missing; never 2 (which the scripts read as "widen the network").
-The main cases run as real subprocesses (exit status, stdout/stderr as the scripts see them); the
-rest call the same entry points in process (each subprocess costs a ~3 s torch import).
+The whole stderr of a failed run is that one line; stdout and the log file may say more.
+Every case runs in this process (CPG_cifar100_main's __main__ block under capsys, the fast loop);
+the cases in SUBPROCESS_CASES also run as real processes (`slow`: a torch import each), where
+stderr is exactly what the bash scripts see, warnings included.
 """
 import json
 import os
@@ -10,20 +12,29 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
-import CPG_cifar100_main as cli
-from cpg_testlib import REPO, subprocess_env, tiny_model
+from cpg_testlib import DEVICE, REPO, make_toy_data, subprocess_env, tiny_model
 from utils.checkpoint import save_checkpoint
 
 MAIN = os.path.join(REPO, 'CPG_cifar100_main.py')
 CHOOSER = os.path.join(REPO, 'tools', 'choose_appropriate_pruning_ratio_for_next_task.py')
 
+# A --device that names CUDA but cannot run here: no CUDA at all (cuda:0 on a CPU machine), or an
+# index past the visible GPUs (cuda:1 on a one-GPU machine), so the case runs on every machine.
+UNUSABLE_CUDA = f'cuda:{torch.cuda.device_count()}'
 
-def _cases(tmp, toy_data):
+# Cases whose stderr also holds tqdm's progress bars (image decoding, training), so it is not one
+# line: the production fix is pending. For them the test checks everything else, then expects the
+# stderr check to fail; once it passes, the test fails and asks for the case to be removed here.
+STDERR_FIX_PENDING = {'wrong_num_classes', 'diverging_loss'}
+
+
+def _cases(tmp, data):
     """name -> (argv, expected exit, strings the error line must contain)."""
     goals = os.path.join(tmp, 'goals.json')
     with open(goals, 'w') as f:
-        json.dump({'toy_task_1': '0.5', 'no_such_task': '0.5'}, f)
+        json.dump({'toy_task_1': '0.5', 'toy_task_2': '0.0', 'no_such_task': '0.5'}, f)
     bad_goals = os.path.join(tmp, 'bad_goals.json')
     with open(bad_goals, 'w') as f:
         f.write('{"toy_task_1": ')  # truncated JSON
@@ -32,9 +43,7 @@ def _cases(tmp, toy_data):
     with open(os.path.join(corrupt, 'checkpoint.pth.tar'), 'wb') as f:
         f.write(b'\x80\x02garbage, not a checkpoint \x00\xff' * 32)
     good = os.path.join(tmp, 'good', 'checkpoint.pth.tar')
-    model = tiny_model()
-    model.add_task('toy_task_1', 5)
-    save_checkpoint(good, model, 'custom_vgg_cifar100')
+    _write_task1_checkpoint(good)
     truncated = os.path.join(tmp, 'truncated')
     os.makedirs(truncated)
     with open(good, 'rb') as src, open(os.path.join(truncated, 'checkpoint.pth.tar'), 'wb') as dst:
@@ -43,7 +52,7 @@ def _cases(tmp, toy_data):
     no_data = os.path.join(tmp, 'no_such_data')
     no_goals = os.path.join(tmp, 'no_goals.json')
     out = os.path.join(tmp, 'out')
-    common = ['--data_root', toy_data, '--device', 'cpu', '--workers', '0', '--base_width', '0.0625']
+    common = ['--data_root', data, '--device', DEVICE, '--workers', '0', '--base_width', '0.0625']
     prune = ['--mode', 'prune', '--dataset', 'toy_task_1', '--save_folder', out + '_p', *common,
              '--baseline_acc_file', goals]
     finetune = ['--mode', 'finetune', '--save_folder', out + '_f', '--baseline_acc_file', goals]
@@ -56,10 +65,10 @@ def _cases(tmp, toy_data):
                                  [os.path.join(truncated, 'checkpoint.pth.tar'), 'corrupt']),
         'missing_checkpoint_folder': ([MAIN, *prune, '--load_folder', missing], 1, [missing, 'not found']),
         'missing_data_folder': ([MAIN, *finetune, '--dataset', 'toy_task_1', '--data_root', no_data,
-                                 '--device', 'cpu', '--workers', '0'], 1, [no_data]),
+                                 '--device', DEVICE, '--workers', '0'], 1, [no_data]),
         'unknown_task': ([MAIN, *finetune, '--dataset', 'no_such_task', *common], 1, ["'no_such_task'"]),
-        'task_without_goal': ([MAIN, *finetune, '--dataset', 'toy_task_2', *common], 1,
-                              ["'toy_task_2'", goals]),
+        'task_without_goal': ([MAIN, *finetune, '--dataset', 'toy_task_3', *common], 1,
+                              ["'toy_task_3'", goals]),
         'missing_goal_file': ([MAIN, '--mode', 'finetune', '--dataset', 'toy_task_1', '--save_folder',
                                out + '_g', *common, '--baseline_acc_file', no_goals], 3, [no_goals]),
         'corrupt_goal_file': ([MAIN, '--mode', 'finetune', '--dataset', 'toy_task_1', '--save_folder',
@@ -69,8 +78,16 @@ def _cases(tmp, toy_data):
                                    ["'no_such_task'", os.path.dirname(good)]),
         'wrong_num_classes': ([MAIN, *finetune, '--dataset', 'toy_task_1', *common, '--num_classes', '7'],
                               1, ["'toy_task_1'", '7']),
-        'no_cuda': ([MAIN, *finetune, '--dataset', 'toy_task_1', '--data_root', toy_data,
-                     '--device', 'cuda:0'], 1, ['cuda']) if not _has_cuda() else None,
+        'unusable_cuda_device': ([MAIN, *finetune, '--dataset', 'toy_task_1', '--data_root', data,
+                                  '--workers', '0', '--base_width', '0.0625', '--device', UNUSABLE_CUDA],
+                                 1, [UNUSABLE_CUDA]),
+        'bad_device_name': ([MAIN, *finetune, '--dataset', 'toy_task_1', '--data_root', data,
+                             '--workers', '0', '--base_width', '0.0625', '--device', 'gpu'], 1, ["gpu"]),
+        # a stage that fails while training: task 2's Phase A, from task 1's checkpoint, diverges
+        'diverging_loss': ([MAIN, '--mode', 'finetune', '--dataset', 'toy_task_2', '--save_folder',
+                            out + '_d', '--load_folder', os.path.dirname(good), *common,
+                            '--baseline_acc_file', goals, '--epochs', '1', '--batch_size', '16',
+                            '--lr', '1e30', '--resume_every_minutes', '0'], 1, ['loss']),
         'prune_without_load_folder': ([MAIN, '--mode', 'prune', '--dataset', 'toy_task_1',
                                        '--save_folder', out], 1, ['--load_folder']),
         'bad_sparsities': ([MAIN, *prune, '--load_folder', os.path.dirname(good),
@@ -82,20 +99,41 @@ def _cases(tmp, toy_data):
     }
 
 
-def _has_cuda():
-    import torch
-    return torch.cuda.is_available()
+def _write_task1_checkpoint(path):
+    """A finished toy_task_1 that released half of every layer: task 2 gets capacity to train."""
+    model = tiny_model()
+    model.add_task('toy_task_1', 5)
+    with torch.no_grad():
+        for _, layer in model.masked_layers():
+            layer.owner.view(-1)[::2] = 1  # every other entry stays free
+    save_checkpoint(path, model, 'custom_vgg_cifar100')
 
 
-SUBPROCESS_CASES = ['corrupt_checkpoint', 'missing_checkpoint_folder', 'missing_data_folder',
-                    'unknown_task', 'missing_goal_file', 'prune_without_load_folder',
+CASE_NAMES = ['corrupt_checkpoint', 'truncated_checkpoint', 'missing_checkpoint_folder',
+              'missing_data_folder', 'unknown_task', 'task_without_goal', 'missing_goal_file',
+              'corrupt_goal_file', 'inference_unknown_task', 'wrong_num_classes',
+              'unusable_cuda_device', 'bad_device_name', 'diverging_loss', 'prune_without_load_folder',
+              'bad_sparsities',
+              'unknown_flag', 'bad_choice', 'chooser_missing_goal_file']
+# one case per way an error leaves the process: a CPGError in main(), exit 3, the CUDA check,
+# argparse, a helper tool, a stage failing mid-training
+SUBPROCESS_CASES = ['corrupt_checkpoint', 'missing_data_folder', 'missing_goal_file',
+                    'unusable_cuda_device', 'diverging_loss', 'prune_without_load_folder',
                     'chooser_missing_goal_file']
 
 
 @pytest.fixture(scope='module')
-def cli_cases(toy_data, tmp_path_factory):
+def cli_cases(tmp_path_factory):
+    """(tmp folder, cases); 2 toy tasks with 16 train / 4 test images per class."""
+    data = make_toy_data(tmp_path_factory.mktemp('cli_data'), tasks=2, train=16, test=4)
     tmp = str(tmp_path_factory.mktemp('cli_errors'))
-    cases = {k: v for k, v in _cases(tmp, toy_data).items() if v is not None}
+    return tmp, _cases(tmp, data)
+
+
+@pytest.fixture(scope='module')
+def subprocess_runs(cli_cases):
+    """SUBPROCESS_CASES run as real processes, all at once: name -> (exit, stdout, stderr)."""
+    _, cases = cli_cases
     env = subprocess_env()
     procs = {name: subprocess.Popen([sys.executable, *cases[name][0]], cwd=REPO, env=env, text=True,
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -104,50 +142,107 @@ def cli_cases(toy_data, tmp_path_factory):
     for name, proc in procs.items():
         stdout, stderr = proc.communicate(timeout=300)
         runs[name] = (proc.returncode, stdout, stderr)
-    return tmp, cases, runs
+    return runs
 
 
 def _in_process(argv, capsys):
-    """CPG_cifar100_main's __main__ block, in this process: (exit status, stdout, stderr)."""
-    assert argv[0] == MAIN
-    parser = cli.get_args_parser()
+    """The script's own __main__ block, run in this process: (exit status, stdout, stderr)."""
+    import runpy
+    saved = sys.argv
+    sys.argv = list(argv)
     try:
-        args = parser.parse_args(argv[1:])
-        cli.check_args(parser, args)
-        rc = cli.main(args)
+        runpy.run_path(argv[0], run_name='__main__')
+        rc = 0
     except SystemExit as exc:
         rc = exc.code
+    finally:
+        sys.argv = saved
     captured = capsys.readouterr()
     return rc, captured.out, captured.err
 
 
-CASE_NAMES = ['corrupt_checkpoint', 'truncated_checkpoint', 'missing_checkpoint_folder',
-              'missing_data_folder', 'unknown_task', 'task_without_goal', 'missing_goal_file',
-              'corrupt_goal_file', 'inference_unknown_task', 'wrong_num_classes', 'no_cuda',
-              'prune_without_load_folder', 'bad_sparsities', 'unknown_flag', 'bad_choice',
-              'chooser_missing_goal_file']
+# Cases that end in a traceback today; the production fix is pending (strict: they must fail).
+PENDING = {
+    'bad_device_name': pytest.mark.xfail(
+        strict=True, reason="resolve_device passes '--device gpu' on; torch.device() raises later"),
+    'unusable_cuda_device': pytest.mark.xfail(
+        torch.cuda.is_available(), strict=True,
+        reason='resolve_device accepts cuda:N past the visible GPUs; CUDA fails later'),
+}
 
 
-@pytest.mark.parametrize('case', CASE_NAMES)
-def test_error_is_one_clear_line_with_the_right_status(cli_cases, case, capsys):
-    tmp, cases, runs = cli_cases
-    if case not in cases:
-        pytest.skip('CUDA is available here')
+def _params():
+    params = [pytest.param(name, 'in_process', id=name, marks=[PENDING[name]] if name in PENDING else [])
+              for name in CASE_NAMES]
+    params += [pytest.param(name, 'subprocess', id=f'{name}-subprocess',
+                            marks=[pytest.mark.slow] + ([PENDING[name]] if name in PENDING else []))
+               for name in SUBPROCESS_CASES]
+    return params
+
+
+@pytest.mark.parametrize('case, how', _params())
+def test_error_is_one_clear_line_with_the_right_status(cli_cases, case, how, capsys, request):
+    _, cases = cli_cases
     argv, expected_rc, needles = cases[case]
-    rc, stdout, stderr = runs[case] if case in runs else _in_process(argv, capsys)
+    if how == 'subprocess':
+        rc, stdout, stderr = request.getfixturevalue('subprocess_runs')[case]
+    else:
+        rc, stdout, stderr = _in_process(argv, capsys)
     output = stdout + stderr
     assert rc == expected_rc, f'{case}: exit {rc}, expected {expected_rc}\n{output[-2000:]}'
     assert 'Traceback' not in output, output[-3000:]
-    lines = [line for line in output.splitlines() if 'ERROR' in line or 'error:' in line]
-    assert len(lines) == 1, f'{case}: expected one error line, got {lines}'
+    error_lines = [line for line in output.splitlines() if 'ERROR' in line or 'error:' in line]
+    assert len(error_lines) == 1, f'{case}: expected one error line, got {error_lines}'
     for needle in needles:
-        assert needle in lines[0], f'{case}: {needle!r} missing from {lines[0]!r}'
+        assert needle in error_lines[0], f'{case}: {needle!r} missing from {error_lines[0]!r}'
+
+    # the whole stderr is that one line (splitlines also splits tqdm's carriage returns)
+    stderr_is_one_line = len(stderr.splitlines()) == 1 and all(n in stderr for n in needles)
+    if case in STDERR_FIX_PENDING:
+        assert not stderr_is_one_line, (f'{case}: stderr is one line now; remove it from '
+                                        f'STDERR_FIX_PENDING')
+        pytest.xfail(f'{case}: tqdm progress bars on stderr before the error line '
+                     f'({len(stderr.splitlines())} lines); production fix pending')
+    assert stderr_is_one_line, f'{case}: stderr must be exactly the error line, got {stderr[-2000:]!r}'
 
 
-def test_failed_runs_leave_no_result_to_replay(cli_cases):
-    """A failed stage must not leave a result.json (a rerun would replay it) or a checkpoint."""
-    tmp, _, runs = cli_cases
-    assert runs['corrupt_checkpoint'][0] == 1
+def _tree_bytes(folder):
+    """relative path -> bytes of every file under `folder`."""
+    tree = {}
+    for root, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(root, name)
+            with open(path, 'rb') as f:
+                tree[os.path.relpath(path, folder)] = f.read()
+    return tree
+
+
+@pytest.mark.parametrize('case', ['diverging_loss', 'wrong_num_classes', 'task_without_goal'])
+def test_failed_stage_leaves_the_previous_task_untouched_and_nothing_to_replay(cli_cases, case, capsys):
+    """A stage of task 2 that fails (while training, on its data, on its goal) exits 1 and leaves
+    task 1's checkpoint folder byte for byte as it was; it writes no result.json (a rerun would
+    replay it), no checkpoint and no resume file of its own."""
+    tmp, cases = cli_cases
+    argv, expected_rc, _ = cases[case]
+    argv = list(argv)
+    if '--load_folder' not in argv:  # run it as task 2 after task 1, like the bash loop does
+        argv = [a if a != 'toy_task_1' else 'toy_task_2' for a in argv]
+        argv += ['--load_folder', os.path.join(tmp, 'good')]
+    save_folder = argv[argv.index('--save_folder') + 1]
+    before = _tree_bytes(os.path.join(tmp, 'good'))
+    assert set(before) >= {'checkpoint.pth.tar', 'checkpoint.pth.tar.json'}
+    rc, stdout, stderr = _in_process(argv, capsys)
+    assert rc == expected_rc == 1, stdout[-2000:] + stderr[-2000:]
+    assert _tree_bytes(os.path.join(tmp, 'good')) == before
+    left = _tree_bytes(save_folder) if os.path.isdir(save_folder) else {}
+    assert not any(name.endswith(('result.json', '.pth.tar')) for name in left), sorted(left)
+
+
+@pytest.mark.slow
+def test_subprocess_failures_leave_no_result_to_replay(cli_cases, subprocess_runs):
+    """The real processes that failed left no result.json and no checkpoint anywhere they wrote."""
+    tmp, _ = cli_cases
+    assert all(runs[0] != 0 for runs in subprocess_runs.values())
     for dirpath, _, files in os.walk(tmp):
         assert 'result.json' not in files, dirpath
         if os.path.basename(dirpath).startswith('out'):

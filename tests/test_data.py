@@ -22,7 +22,8 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 from utils.cifar100_config import CIFAR100_TASKS, NORM_STATS  # noqa: E402
-from utils.cifar100_dataset import TaskImageFolder, get_loaders, task_normalization  # noqa: E402
+from utils.cifar100_dataset import (TaskImageFolder, channel_stats, get_loaders,  # noqa: E402
+                                    task_normalization)
 from utils.data import make_loader  # noqa: E402
 from utils.errors import CPGError  # noqa: E402
 
@@ -346,6 +347,30 @@ def test_make_loader_workers_seeded_and_distinct():
     assert (first[0] != first[1]).all()  # every RNG differs between the two workers
 
 
+def _normalized(images, mean, std):
+    """(x / 255 - mean) / std of uint8 images (N, 3, H, W), computed as the dataset does."""
+    mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)  # (3, 1, 1)
+    std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)  # (3, 1, 1)
+    return (images.float() / 255.0 - mean) / std
+
+
+def _augmented_candidates(images, mean, std):
+    """Every padded crop and flip of uint8 images (N, 3, 32, 32), normalized: (N * 162, 3, 32, 32)."""
+    padded = F.pad(images, (4, 4, 4, 4))  # (N, 3, 40, 40), zero border
+    crops = torch.cat([padded[:, :, y:y + 32, x:x + 32] for y in range(9) for x in range(9)])
+    return _normalized(torch.cat([crops, crops.flip(-1)]), mean, std)
+
+
+def _assert_loaders_normalize_with(train_loader, val_loader, mean, std):
+    """Every batch of both loaders is exactly the raw pixels normalized with (mean, std)."""
+    val_images = torch.cat([x for x, _ in val_loader])  # ordered: the dataset's order
+    assert torch.equal(val_images, _normalized(val_loader.dataset.images, mean, std))
+    candidates = _augmented_candidates(train_loader.dataset.images, mean, std)
+    for images, _ in train_loader:
+        for image in images:
+            assert (candidates == image).flatten(1).all(dim=1).any()
+
+
 def test_get_loaders(toy_root):
     """get_loaders returns shuffled train / ordered test loaders and the class count."""
     train_loader, val_loader, num_classes = get_loaders(toy_root, 'toy_task_1', 4, 3, 0, 'cpu', 0)
@@ -354,5 +379,17 @@ def test_get_loaders(toy_root):
     assert train_loader.dataset.train_transform and not val_loader.dataset.train_transform
     images, labels = next(iter(val_loader))
     assert images.shape == (3, 3, 32, 32) and labels.tolist() == [0, 0, 1]
-    # Normalized with statistics computed on the toy task's train images.
-    assert abs(float(torch.cat([x for x, _ in train_loader]).mean())) < 0.5
+    # Normalized with the statistics of this task's own train images (not another task's, not none).
+    mean, std = task_normalization(toy_root, 'toy_task_1')
+    assert (mean, std) != task_normalization(toy_root, 'toy_task_2')
+    _assert_loaders_normalize_with(train_loader, val_loader, mean, std)
+
+
+def test_get_loaders_use_the_table_for_known_tasks(tmp_path):
+    """A task of the paper's table is normalized with the table's row, not its own statistics."""
+    args = toy.get_args_parser().parse_args(
+        ['--out', str(tmp_path), '--task_names', 'fish', '--classes', '2', '--train', '3', '--test', '2'])
+    assert toy.main(args) == 0
+    train_loader, val_loader, _ = get_loaders(str(tmp_path), 'fish', 3, 2, 0, 'cpu', 0)
+    assert NORM_STATS['fish'] != channel_stats(train_loader.dataset.images)
+    _assert_loaders_normalize_with(train_loader, val_loader, *NORM_STATS['fish'])

@@ -1,14 +1,25 @@
 """Distributed training (utils/distributed.py, models/dist_norm.py) on CPU with the gloo backend.
 
-Two ranks (subprocesses with torchrun's environment, loopback only) train a tiny VGG on toy tensors
-with per-rank batch 8; a single process trains the same model with batch 16 from the same seed.
-Task 1 is trained while being gradually pruned (owner masks broadcast from rank 0), task 2 learns
-a pick mask over task 1's weights. The ranks must agree exactly; the single process must agree
-on weights (float tolerance), masks (all but a handful of entries at a cutoff) and accuracy.
+Two ranks (subprocesses with torchrun's environment, loopback only) run the real entry point,
+CPG_cifar100_main.main, stage after stage: Phase A of task 1, a pruning stage 0 -> 0.5 (owner
+masks broadcast from rank 0), Phase A of task 2 (pick mask over task 1's weights), a pruning stage
+of task 2. Then one plain process runs each stage again with the same global batch of 16 (the
+ranks: 8 each), starting from the same input checkpoint as the ranks did, so that a difference in
+one stage does not compound into the next. Both use cpg_testlib.TensorTasks as data provider
+(fixed tensors, the production RankSeededSampler): the ranks' k-th batches together are exactly
+the single process's k-th batch. Everything else (per-epoch seeding, DDP wrap, cross-rank
+BatchNorm, pruner hook, saving) is the production path.
 
-This file is also the worker script: `python tests/test_distributed.py OUT` (env: RANK, ...).
+The ranks must agree exactly. Against one process, masks and weights agree up to what float
+rounding can flip; the tolerances and their measured figures are in the tests.
+
+Inherently CPU-only, whatever CPG_TEST_DEVICE says: gloo on loopback (two nccl ranks would need two
+GPUs), and the exact comparisons rely on CPU determinism.
+
+This file is also the worker script: `python tests/test_distributed.py OUT_DIR PORTS` (env: RANK...).
 """
 
+import copy
 import json
 import os
 import socket
@@ -19,35 +30,26 @@ import time
 import pytest
 import torch
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TESTS = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(TESTS)
 # The tests import `models` / `utils` whatever directory pytest was started from.
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
+for _path in (REPO, TESTS):
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
 
-from models import build_model  # noqa: E402
+from cpg_testlib import TensorTasks, make_toy_data  # noqa: E402
 from models.dist_norm import BatchNorm2d  # noqa: E402
 from utils.distributed import Distributed, RankSeededSampler  # noqa: E402
 
-GLOBAL_BATCH = 16
-SAMPLES = 64
-CLASSES = 5
-EPOCHS = 2               # 4 steps an epoch
+GLOBAL_BATCH = 16        # TensorTasks: 64 train samples, so 4 steps an epoch
 BN_ROWS = 12             # rows of the BatchNorm check, split unevenly over 2 ranks (5 + 7)
 TIMEOUT = 240
+STAGES = ('t1_scratch', 't1_prune', 't2_scratch', 't2_prune')
 
 
 # ---------------------------------------------------------------------------------------------------
 # worker (runs in a subprocess: one per rank, or one single process with WORLD_SIZE=1)
 # ---------------------------------------------------------------------------------------------------
-def _toy_data():
-    g = torch.Generator().manual_seed(123)
-    images = torch.randn(SAMPLES, 3, 32, 32, generator=g)
-    targets = torch.randint(0, CLASSES, (SAMPLES,), generator=g)
-    # a learnable signal: class-dependent shift of the mean of one channel
-    images[:, 0] += targets.view(-1, 1, 1).float() * 0.5
-    return images, targets
-
-
 def _bn_inputs():
     g = torch.Generator().manual_seed(7)
     x = torch.randn(BN_ROWS, 4, 3, 3, generator=g) * 3.0 + 2.0   # non-zero mean and scale
@@ -106,113 +108,113 @@ def _diverged_pruning(dist, rank):
             layer.weight[2, 2] += 1.0
     before = dist.owner_mismatches
     dist.broadcast_owners(SimpleNamespace(layers=[layer], task=1, optimizer=sgd))
+    # the gradient gate follows the new owners: one training step's weight gradient
+    layer.active_task = 1
+    layer.train()
+    layer.weight.grad = None
+    layer(torch.linspace(-1.0, 1.0, 12).view(2, 6)).square().sum().backward()
     return {'owner': layer.owner.clone(), 'weight': layer.weight.detach().clone(),
             'momentum': sgd.state[layer.weight]['momentum_buffer'].clone(),
-            'own': layer._phase['own'].clone(), 'mismatches': dist.owner_mismatches - before}
+            'grad': layer.weight.grad.clone(), 'mismatches': dist.owner_mismatches - before}
 
 
-def _masks(model, task):
-    return {name: layer.task_keep_mask(task).clone() for name, layer in model.masked_layers()}
+def _stage_argv(root, input_root, goals, stage):
+    """argv of CPG_cifar100_main.py for one of STAGES: writes under `root`, loads the previous
+    stage's checkpoint from under `input_root`.
+
+    One epoch (4 steps) per stage; a pruning stage updates the masks at step 2 and at its end.
+    lr_mask 1.5e-3: a pick score (0.01) needs about 4 steps the same way to cross the 5e-3
+    threshold, so picks drop mostly at the last step, not in the middle of the forward passes.
+    """
+    task = stage[:2]
+    common = ['--dataset', task, '--data_root', 'unused (TensorTasks)', '--base_width', '0.0625',
+              '--batch_size', str(GLOBAL_BATCH), '--val_batch_size', '40', '--workers', '0',
+              '--device', 'cpu', '--baseline_acc_file', goals, '--train_acc_gate', '-1',
+              '--epochs', '1', '--seed', '1', '--save_folder', os.path.join(root, stage)]
+    previous = {'t1_prune': 't1_scratch', 't2_scratch': 't1_prune', 't2_prune': 't2_scratch'}
+    if stage in previous:
+        common += ['--load_folder', os.path.join(input_root, previous[stage])]
+    if stage.endswith('scratch'):
+        return ['--mode', 'finetune', '--lr', '0.02', '--lr_mask', '1.5e-3', *common]
+    return ['--mode', 'prune', '--lr', '0.002', '--initial_sparsity', '0', '--target_sparsity', '0.5',
+            '--pruning_interval', '1', '--pruning_frequency', '2', *common]
 
 
-@torch.no_grad()
-def _evaluate(model, task, images, targets):
-    model.set_task(task)
-    model.eval()
-    logits = model(images)
-    return logits, float((logits.argmax(1) == targets).float().mean())
+def _run_stages(out_dir, world, ports):
+    """The four stages through CPG_cifar100_main.main; what each rank held at the end of each."""
+    import CPG_cifar100_main as cli
+    from utils.checkpoint import CHECKPOINT_NAME, frozen_state_dict
+    from utils.phases import PhaseContext
+
+    cli.CifarTasks = TensorTasks  # in-memory data; the phases and the sampler are production code
+    final, logged, mismatches = {}, [], []
+    save, log_epoch, broadcast = PhaseContext.save, PhaseContext.log_epoch, Distributed.broadcast_owners
+
+    def recording_save(self, model, *args, **kwargs):
+        """Observe the model every rank holds when rank 0 writes the stage's checkpoint."""
+        name = args[0] if args else kwargs.get('name', CHECKPOINT_NAME)
+        if name == CHECKPOINT_NAME:
+            final[self.args.save_folder] = {
+                'state': {k: v.detach().clone() for k, v in frozen_state_dict(model).items()},
+                'tasks': copy.deepcopy(model.tasks)}
+        return save(self, model, *args, **kwargs)
+
+    def recording_log_epoch(self, model, task, phase, epoch, train, val, lrs):
+        logged.append({'phase': phase, 'task': task, 'epoch': epoch, 'train': train, 'val': val})
+        return log_epoch(self, model, task, phase, epoch, train, val, lrs)
+
+    def counting_broadcast(self, pruner):
+        before = self.owner_mismatches
+        broadcast(self, pruner)
+        mismatches.append(self.owner_mismatches - before)
+
+    PhaseContext.save, PhaseContext.log_epoch = recording_save, recording_log_epoch
+    Distributed.broadcast_owners = counting_broadcast
+    root = os.path.join(out_dir, f'world{world}')
+    input_root = os.path.join(out_dir, 'world2')  # the single process starts where the ranks did
+    stages = {}
+    for stage, port in zip(STAGES, ports):
+        os.environ['MASTER_PORT'] = port  # each main() joins (and leaves) its own process group
+        parser = cli.get_args_parser()
+        args = parser.parse_args(_stage_argv(root, input_root, os.path.join(out_dir, 'goals.json'), stage))
+        cli.check_args(parser, args)
+        logged.clear()
+        status = cli.main(args)
+        stages[stage] = dict(final[args.save_folder], status=status, logged=list(logged))
+    return stages, mismatches
 
 
-def run_worker(out_path):
-    from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
-
-    from utils.grower import assign_free_capacity
-    from utils.manager import Manager, build_weight_optimizer
-    from utils.picker import build_pick_optimizer
-    from utils.pruner import GradualPruner
-
+def run_worker(out_dir, ports):
     torch.set_num_threads(1)
-    dist = Distributed.from_env('cpu')
-    rank, world = (dist.rank, dist.world_size) if dist is not None else (0, 1)
-    result = {'rank': rank, 'world': world, 'bn': _bn_check(dist, rank, world)}
-
-    images, targets = _toy_data()
-    dataset = TensorDataset(images, targets)
-    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=3)
-    loader = DataLoader(dataset, batch_size=GLOBAL_BATCH // world, sampler=sampler)
-    reduce = dist.all_reduce_sum if dist is not None else None
-
-    torch.manual_seed(0)  # identical init everywhere (DDP also broadcasts rank 0's at wrap)
-    model = build_model('custom_vgg_cifar100', base_width=0.0625)
-
-    # task 1: train on all capacity while pruning it gradually to 50%
-    task = model.add_task('t1', CLASSES)
-    assign_free_capacity(model, task)
-    for _, layer in model.masked_layers():
-        layer.begin_phase(task, learn_pick=False, fixed_pick=False, weight_decay=4e-5)
-    sgd = build_weight_optimizer(model, task, lr=0.05)
-    net = dist.wrap(model) if dist is not None else model
-    pruner = GradualPruner(model, task, 0.0, 0.5, begin_step=0, end_step=6, frequency=2,
-                           optimizer=sgd)
-    if dist is not None:
-        pruner.after_update = dist.broadcast_owners
-    manager = Manager(model, task, 'cpu', loader, None, None, net=net, reduce=reduce,
-                      show_progress=False)
-    step, train1 = 0, []
-    for epoch in range(EPOCHS):
-        sampler.set_epoch(epoch)
-        metrics, step = manager.train_epoch(epoch, [sgd], pruner=pruner, step=step)
-        train1.append(metrics)
-    pruner.finalize()
-    for _, layer in model.masked_layers():
-        layer.end_phase()
-    del net, manager
-
-    # task 2: learn a pick mask over task 1's surviving weights and train the freed capacity
-    task = model.add_task('t2', CLASSES)
-    assign_free_capacity(model, task)
-    for _, layer in model.masked_layers():
-        layer.begin_phase(task, learn_pick=True, fixed_pick=False, weight_decay=4e-5)
-    sgd = build_weight_optimizer(model, task, lr=0.05)
-    adam = build_pick_optimizer(model, lr_mask=2e-3)
-    net = dist.wrap(model) if dist is not None else model
-    manager = Manager(model, task, 'cpu', loader, None, None, net=net, reduce=reduce,
-                      show_progress=False)
-    train2 = []
-    for epoch in range(EPOCHS):
-        sampler.set_epoch(epoch)
-        metrics, _ = manager.train_epoch(epoch, [sgd, adam])
-        train2.append(metrics)
-    picks_live = _masks(model, task)  # from the float pick scores
-    for _, layer in model.masked_layers():
-        layer.end_phase()
-    del net, manager
-
-    result.update(
-        owner={name: layer.owner.clone() for name, layer in model.masked_layers()},
-        pick_bits={name: layer.pick_bits_2.clone() for name, layer in model.masked_layers()
-                   if hasattr(layer, 'pick_bits_2')},
-        keep1=_masks(model, 1), keep2=_masks(model, 2), picks_live=picks_live,
-        state={k: v.clone() for k, v in model.state_dict().items()},
-        train1=train1, train2=train2,
-        owner_mismatches=dist.owner_mismatches if dist is not None else 0)
-    for t in (1, 2):
-        result[f'logits{t}'], result[f'acc{t}'] = _evaluate(model, t, images, targets)
-    if dist is not None:
+    world = int(os.environ.get('WORLD_SIZE', '1'))
+    rank = int(os.environ.get('RANK', '0'))
+    result = {'rank': rank, 'world': world}
+    if world > 1:
+        os.environ['MASTER_PORT'] = ports[0]
+        dist = Distributed.from_env('cpu')
+        result['bn'] = _bn_check(dist, rank, world)
         result['diverged'] = _diverged_pruning(dist, rank)
-    torch.save(result, out_path)
-    if dist is not None:
-        dist.barrier()
         dist.close()
+    else:
+        result['bn'] = _bn_check(None, 0, 1)
+    result['stages'], result['mismatches'] = _run_stages(out_dir, world, ports[1:])
+    torch.save(result, os.path.join(out_dir, f'world{world}_rank{rank}.pt'))
 
 
 # ---------------------------------------------------------------------------------------------------
 # launching
 # ---------------------------------------------------------------------------------------------------
-def _free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
+def _free_ports(count):
+    sockets = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(('127.0.0.1', 0))
+            sockets.append(s)
+        return [str(s.getsockname()[1]) for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 def _env(**extra):
@@ -228,15 +230,15 @@ def _env(**extra):
 
 def _launch(out_dir, world):
     """Start `world` ranks (or one plain process when world == 1); returns [(Popen, out file)]."""
-    port = _free_port()
+    ports = _free_ports(1 + len(STAGES))
     procs = []
     for rank in range(world):
         out = os.path.join(out_dir, f'world{world}_rank{rank}.pt')
         env = (_env(WORLD_SIZE=1) if world == 1 else
                _env(RANK=rank, LOCAL_RANK=rank, WORLD_SIZE=world, LOCAL_WORLD_SIZE=world,
-                    MASTER_ADDR='127.0.0.1', MASTER_PORT=port))
-        procs.append((subprocess.Popen([sys.executable, os.path.abspath(__file__), out], env=env,
-                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True),
+                    MASTER_ADDR='127.0.0.1'))
+        procs.append((subprocess.Popen([sys.executable, os.path.abspath(__file__), out_dir, ','.join(ports)],
+                                       env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True),
                       out))
     return procs
 
@@ -260,90 +262,152 @@ def _wait(procs):
 @pytest.fixture(scope='module')
 def runs(tmp_path_factory):
     out_dir = str(tmp_path_factory.mktemp('dist'))
-    two = _launch(out_dir, 2)
-    one = _launch(out_dir, 1)
-    ranks = _wait(two)
-    single = _wait(one)[0]
-    return ranks, single
+    with open(os.path.join(out_dir, 'goals.json'), 'w') as f:
+        json.dump({'t1': '0.0', 't2': '0.0'}, f)
+    ranks = _wait(_launch(out_dir, 2))
+    single = _wait(_launch(out_dir, 1))[0]  # loads the ranks' checkpoints: after them
+    return out_dir, ranks, single
 
 
-def _differing(a, b):
-    return sum(int((a[k] != b[k]).sum()) for k in a)
+def _owners(state):
+    return {k: v for k, v in state.items() if k.endswith('.owner')}
 
 
-def _total(masks):
-    return sum(m.numel() for m in masks.values())
+def _picks(state):
+    return {k: v for k, v in state.items() if '.pick_bits_' in k}
 
 
 # ---------------------------------------------------------------------------------------------------
 # tests
 # ---------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_ranks_agree_exactly(runs):
-    (r0, r1), _ = runs
+    out_dir, (r0, r1), _ = runs
     assert (r0['rank'], r1['rank'], r0['world']) == (0, 1, 2)
-    assert r0['owner_mismatches'] == r1['owner_mismatches'] == 0
-    for key in ('owner', 'keep1', 'keep2', 'picks_live', 'pick_bits'):
-        assert r0[key].keys() == r1[key].keys() and r0[key], key
-        for name in r0[key]:
-            assert torch.equal(r0[key][name], r1[key][name]), f'{key} {name} differs between ranks'
-    assert r0['state'].keys() == r1['state'].keys()
-    for name in r0['state']:  # weights, BN running statistics, biases, heads
-        assert torch.equal(r0['state'][name], r1['state'][name]), f'{name} differs between ranks'
-    assert r0['train1'] == r1['train1'] and r0['train2'] == r1['train2']  # metrics were reduced
-    assert r0['acc1'] == r1['acc1'] and r0['acc2'] == r1['acc2']
+    # both pruning stages asked the hook to broadcast (>= 2 mask updates each), and no rank ever
+    # decided differently from rank 0
+    assert len(r0['mismatches']) == len(r1['mismatches']) >= 4
+    assert not any(r0['mismatches']) and not any(r1['mismatches'])
+    for stage in STAGES:
+        s0, s1 = r0['stages'][stage], r1['stages'][stage]
+        assert s0['status'] == s1['status'] == 0, stage
+        assert s0['tasks'] == s1['tasks'], stage  # accuracies recorded in the checkpoint included
+        assert s0['state'].keys() == s1['state'].keys(), stage
+        for name in s0['state']:  # weights, owners, packed picks, BN statistics, biases, heads
+            assert torch.equal(s0['state'][name], s1['state'][name]), f'{stage}: {name} differs between ranks'
+        assert s0['logged'] == s1['logged'] and len(s0['logged']) == 1, stage  # train metrics reduced
+    # rank 0 wrote exactly what both ranks held
+    saved = torch.load(os.path.join(out_dir, 'world2', 't2_prune', 'checkpoint.pth.tar'),
+                       map_location='cpu', weights_only=True)
+    for name, value in r0['stages']['t2_prune']['state'].items():
+        assert torch.equal(saved['model'][name], value), name
 
 
+@pytest.mark.slow
 def test_broadcast_owners_repairs_a_diverged_rank(runs):
-    (r0, r1), _ = runs
+    _, (r0, r1), _ = runs
     d0, d1 = r0['diverged'], r1['diverged']
     assert d0['mismatches'] == d1['mismatches'] == 2   # (1, 2) and (3, 5) were decided differently
-    for key in ('owner', 'weight', 'momentum', 'own'):
+    for key in ('owner', 'weight', 'momentum', 'grad'):
         assert torch.equal(d0[key], d1[key]), key
     free = d0['owner'] == 0
     assert free.sum() == 2 and bool(free[0, 0]) and bool(free[1, 2])
     assert not d0['weight'][free].any() and not d0['momentum'][free].any()
-    assert torch.equal(d0['own'], (d0['owner'] == 1).float())
+    assert not d0['grad'][free].any() and d0['grad'][~free].all()  # the gradient gate was refreshed
 
 
+# Against one process, from the same input checkpoint. DDP averages two half-batch gradients where
+# one process sums the full batch, so the floats differ by rounding (at most 3.6e-7 in any tensor
+# after a stage, measured). A discrete decision whose inputs are that close can go either way: two
+# magnitudes at a pruning cutoff trade places, or a pick score ends at the 5e-3 threshold; the
+# flipped entry then changes the rest of that stage. Measured with these settings for seeds 1-8
+# (32 stage runs): no difference at all for seeds 1 (the one used), 2, 5 and 8; one swapped owner
+# pair in 1 of 16 pruning stages; 1, 16, 62 and 170 differing picks (at most 0.6% of task 1's
+# ~3e4 entries) in 4 of 8 Phase A runs of task 2, after which weights differed by up to 5.6e-2.
+OWNER_ENTRIES_ALLOWED = 2   # one released/kept pair per stage
+PICK_SHARE_ALLOWED = 0.01   # of task 1's entries
+
+
+def _mask_differences(ours, ref):
+    """(owner entries, pick entries, task 1's entries) that differ between two frozen states."""
+    from models.layers import unpack_bits
+    owners = picks = old = 0
+    for name, owner in _owners(ours).items():
+        owners += int((owner != ref[name]).sum())
+        layer = name[:-len('.owner')]
+        if f'{layer}.pick_bits_2' in ours:
+            n_old = int((owner == 1).sum())  # layers never grew: task 2 picks over all of task 1
+            assert n_old == int((ref[name] == 1).sum()), f'{name}: same input, same task 1 entries'
+            picks += int((unpack_bits(ours[f'{layer}.pick_bits_2'], n_old)
+                          != unpack_bits(ref[f'{layer}.pick_bits_2'], n_old)).sum())
+            old += n_old
+    return owners, picks, old
+
+
+@pytest.mark.slow
 def test_masks_match_single_process(runs):
-    (r0, _), single = runs
-    owners = r0['owner']
-    # the run really pruned task 1 and gave the freed capacity to task 2
-    owned1 = sum(int((o == 1).sum()) for o in owners.values())
-    owned2 = sum(int((o == 2).sum()) for o in owners.values())
-    assert 0.45 < owned1 / _total(owners) < 0.55 and owned2 > 0
-    # task 2 learned a non-trivial pick: some of task 1's weights were dropped
-    old = sum(int((o == 1).sum()) for o in owners.values())
-    picked = sum(int((r0['keep2'][n] & (owners[n] == 1)).sum()) for n in owners)
-    assert 0 < picked < old
-    handful = 10
-    assert _differing(owners, single['owner']) <= handful
-    assert _differing(r0['keep1'], single['keep1']) <= handful
-    assert _differing(r0['keep2'], single['keep2']) <= handful
+    _, (r0, _), single = runs
+    for stage in STAGES:
+        ours, ref = r0['stages'][stage]['state'], single['stages'][stage]['state']
+        assert single['stages'][stage]['status'] == 0, stage
+        assert _owners(ours).keys() == _owners(ref).keys() and _picks(ours).keys() == _picks(ref).keys()
+        for name in _owners(ours):  # both prune exactly round(s * pool) entries per layer
+            assert int((ours[name] == 0).sum()) == int((ref[name] == 0).sum()), f'{stage} {name}'
+        owners, picks, old = _mask_differences(ours, ref)
+        assert owners <= OWNER_ENTRIES_ALLOWED, f'{stage}: {owners} owner entries differ from one process'
+        assert picks <= PICK_SHARE_ALLOWED * old, f'{stage}: {picks} of {old} picks differ from one process'
+
+    # the scenario exercises what it claims
+    for name, owner in _owners(r0['stages']['t1_prune']['state']).items():
+        assert int((owner == 0).sum()) == round(0.5 * owner.numel()), name  # task 1: half of each layer
+    final = r0['stages']['t2_prune']['state']
+    assert sum(int((o == 2).sum()) for o in _owners(final).values()) > 0
+    _, _, old = _mask_differences(final, final)
+    picked = sum(int(unpack.sum()) for unpack in _picked(final))
+    assert 0 < picked < old  # task 2's pick dropped some of task 1's weights and kept others
 
 
+def _picked(state):
+    from models.layers import unpack_bits
+    for name, owner in _owners(state).items():
+        bits = state.get(f'{name[:-len(".owner")]}.pick_bits_2')
+        if bits is not None:
+            yield unpack_bits(bits, int((owner == 1).sum()))
+
+
+@pytest.mark.slow
 def test_weights_and_accuracy_match_single_process(runs):
-    (r0, _), single = runs
-    assert r0['state'].keys() == single['state'].keys()
-    for name, value in r0['state'].items():
-        ref = single['state'][name]
-        if value.is_floating_point():
-            assert torch.allclose(value, ref, rtol=1e-4, atol=1e-5), \
-                f'{name}: max diff {float((value - ref).abs().max()):.3g}'
-        else:
-            assert torch.equal(value, ref) or name.endswith('owner'), name
-    for t in (1, 2):
-        assert torch.allclose(r0[f'logits{t}'], single[f'logits{t}'], rtol=1e-4, atol=1e-4)
-        assert r0[f'acc{t}'] == single[f'acc{t}']
-    for key in ('train1', 'train2'):  # reduced train metrics = the single process's
-        for dist_m, one_m in zip(r0[key], single[key]):
-            assert dist_m['accuracy'] == one_m['accuracy']
-            assert dist_m['loss'] == pytest.approx(one_m['loss'], rel=1e-4, abs=1e-5)
+    """Where no mask entry flipped (see above), the stage's float state agrees within rounding
+    (measured at most 3.6e-7; the bound below leaves room for other CPUs' kernels), and so do
+    the accuracies and the reduced train metrics. Phase A of task 1 has no mask decision, so at
+    least that stage is always compared."""
+    _, (r0, _), single = runs
+    compared = []
+    for stage in STAGES:
+        ours, ref = r0['stages'][stage], single['stages'][stage]
+        if _mask_differences(ours['state'], ref['state'])[:2] != (0, 0):
+            continue  # a flipped entry legitimately moves the rest of the stage
+        compared.append(stage)
+        assert ours['state'].keys() == ref['state'].keys()
+        for name, value in ours['state'].items():
+            if value.is_floating_point():
+                assert torch.allclose(value, ref['state'][name], rtol=1e-4, atol=1e-5), \
+                    f'{stage} {name}: max diff {float((value - ref["state"][name]).abs().max()):.3g}'
+            else:
+                assert torch.equal(value, ref['state'][name]), f'{stage} {name}'
+        assert [t['accuracy'] for t in ours['tasks']] == [t['accuracy'] for t in ref['tasks']], stage
+        assert len(ours['logged']) == len(ref['logged']) == 1, stage
+        for dist_epoch, one_epoch in zip(ours['logged'], ref['logged']):
+            assert dist_epoch['train']['accuracy'] == one_epoch['train']['accuracy'], stage
+            assert dist_epoch['train']['loss'] == pytest.approx(one_epoch['train']['loss'], rel=1e-4)
+            assert dist_epoch['val']['accuracy'] == one_epoch['val']['accuracy'], stage
+    assert compared[0] == 't1_scratch', compared
 
 
+@pytest.mark.slow
 def test_batchnorm_uses_global_batch_statistics(runs):
     """Cross-rank BatchNorm == nn.BatchNorm2d on the whole batch: output, gradients, running stats."""
-    (r0, r1), single = runs
+    _, (r0, r1), single = runs
     x_all, coef_all = _bn_inputs()
     ref = torch.nn.BatchNorm2d(4)
     with torch.no_grad():
@@ -382,7 +446,7 @@ def test_ranks_draw_different_augmentation():
     moves rank r > 0 onto its own (deterministic) augmentation stream."""
     def first_draws(rank):
         sampler = RankSeededSampler(list(range(8)), num_replicas=2, rank=rank, shuffle=True, seed=1)
-        torch.manual_seed(5)  # what PhaseContext.seed_epoch does on every rank
+        torch.manual_seed(5)  # what the per-epoch seeding does on every rank
         indices = list(iter(sampler))
         return indices, torch.rand(4)
     (idx0, draw0), (idx1, draw1) = first_draws(0), first_draws(1)
@@ -391,18 +455,49 @@ def test_ranks_draw_different_augmentation():
     assert not torch.equal(draw0, draw1)            # but not the other rank's crops
 
 
+@pytest.mark.xfail(strict=True, reason='the image pipeline gives one process another sample order '
+                                       '(RandomSampler vs DistributedSampler seeds) and augments a '
+                                       'sample by its position in the rank\'s stream; production fix pending')
+def test_image_loaders_give_one_process_the_ranks_global_batches(tmp_path):
+    """README: under DDP "the result matches one process". That needs the real loaders to feed one
+    process (batch 16) exactly the union of the 2 ranks' batches (8 each), augmentation included.
+    No process group needed: Distributed's loaders only shard."""
+    import CPG_cifar100_main as cli
+    from utils.phases import PhaseContext
+    root = make_toy_data(tmp_path / 'data', tasks=1, train=8, test=2)  # 40 images: 2.5 global batches
+    args = cli.get_args_parser().parse_args(['--mode', 'finetune', '--dataset', 'toy_task_1',
+                                             '--data_root', root, '--save_folder', str(tmp_path),
+                                             '--batch_size', str(GLOBAL_BATCH), '--workers', '0',
+                                             '--device', 'cpu'])
+    ctx = PhaseContext(args, None, None, 'cpu')
+
+    def epoch_batches(dist):
+        train = cli.CifarTasks(args, 'cpu', dist).loaders('toy_task_1')[0]
+        ctx.seed_epoch(train, 1)
+        return list(train)
+
+    single = epoch_batches(None)
+    ranks = [epoch_batches(Distributed(rank, rank, 2, 'cpu', 'gloo')) for rank in (0, 1)]
+    assert len(single) == len(ranks[0]) == len(ranks[1])
+    for k, (images, labels) in enumerate(single):
+        # DistributedSampler: rank r's i-th sample is global position 2 i + r
+        (x0, y0), (x1, y1) = ranks[0][k], ranks[1][k]
+        union_images = torch.stack([x0, x1], dim=1).flatten(0, 1)
+        union_labels = torch.stack([y0, y1], dim=1).flatten()
+        assert torch.equal(labels, union_labels), f'batch {k}: other samples'
+        assert torch.equal(images, union_images), f'batch {k}: other augmentation'
+
+
+@pytest.mark.slow
 def test_cli_under_torchrun(tmp_path):
     """The real entry script, 2 ranks: one checkpoint, one goal entry, one log line per epoch."""
-    data = tmp_path / 'data'
-    subprocess.run([sys.executable, os.path.join(REPO, 'tools', 'make_toy_data.py'), '--out',
-                    str(data), '--tasks', '1', '--train', '50', '--test', '10'], check=True,
-                   capture_output=True, timeout=120)
+    data = make_toy_data(tmp_path / 'data', tasks=1, train=50, test=10)
     save = tmp_path / 'ckpt' / 'toy_task_1' / 'scratch'
     goal = tmp_path / 'goal.txt'
     log = tmp_path / 'train.log'
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
            os.path.join(REPO, 'CPG_cifar100_main.py'), '--mode', 'finetune',
-           '--dataset', 'toy_task_1', '--data_root', str(data), '--save_folder', str(save),
+           '--dataset', 'toy_task_1', '--data_root', data, '--save_folder', str(save),
            '--save_goal_file', str(goal), '--log_path', str(log), '--base_width', '0.0625',
            '--epochs', '1', '--batch_size', '16', '--val_batch_size', '25', '--workers', '0',
            '--device', 'cpu']
@@ -424,4 +519,4 @@ def test_cli_under_torchrun(tmp_path):
 
 
 if __name__ == '__main__':
-    run_worker(sys.argv[1])
+    run_worker(sys.argv[1], sys.argv[2].split(','))

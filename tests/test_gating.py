@@ -2,8 +2,8 @@
 import torch
 import torch.nn.functional as F
 
-from cpg_testlib import (begin_all, end_all, learn_task, momentum_of, prune_all, tiny_model,
-                         train_steps)
+from cpg_testlib import (DEVICE, begin_all, end_all, learn_task, momentum_of, prune_all, tiny_model,
+                         to_device, train_steps)
 from models.layers import PICK_INIT, PICK_THRESHOLD, MaskedConv2d, MaskedLinear
 from utils.grower import assign_free_capacity
 from utils.manager import build_weight_optimizer
@@ -22,8 +22,8 @@ def _two_task_model(seed=0):
 
 def _layer_input(layer, gen):
     if isinstance(layer, MaskedConv2d):
-        return torch.randn(2, layer.weight.shape[1], 5, 5, generator=gen)
-    return torch.randn(2, layer.weight.shape[1], generator=gen)
+        return to_device(torch.randn(2, layer.weight.shape[1], 5, 5, generator=gen))
+    return to_device(torch.randn(2, layer.weight.shape[1], generator=gen))
 
 
 def _assert_train_path_equals_eval_path(model, task):
@@ -85,7 +85,7 @@ def test_pick_gradient_only_on_earlier_tasks_entries_in_the_model():
     model.train()
     model.zero_grad(set_to_none=True)  # drop task 1's last gradients
     gen = torch.Generator().manual_seed(0)
-    x, y = torch.randn(4, 3, 32, 32, generator=gen), torch.randint(0, 5, (4,), generator=gen)
+    x, y = to_device(torch.randn(4, 3, 32, 32, generator=gen), torch.randint(0, 5, (4,), generator=gen))
     F.cross_entropy(model(x), y).backward()
     with_signal = 0
     for name, layer in model.masked_layers():
@@ -106,23 +106,24 @@ def test_gated_backward_matches_reference_formula():
     gen = torch.Generator().manual_seed(1)
     for layer, x in ((MaskedConv2d(3, 6, 3, padding=1), torch.randn(2, 3, 6, 6, generator=gen)),
                      (MaskedLinear(7, 5, std=0.5), torch.randn(3, 7, generator=gen))):
+        layer, x = layer.to(DEVICE), to_device(x)
         out_f, in_f = layer.weight.shape[:2]
         layer.add_task(1, out_f, in_f)
         layer.add_task(2, out_f, in_f)
         with torch.no_grad():
-            layer.owner.copy_(torch.randint(0, 3, layer.owner.shape, generator=gen).to(torch.uint8))
+            layer.owner.copy_(to_device(torch.randint(0, 3, layer.owner.shape, generator=gen).to(torch.uint8)))
         wd = 0.01
         layer.begin_phase(2, learn_pick=True, fixed_pick=False, weight_decay=wd)
         own = layer.owner == 2
         old = layer.owner == 1
         assert torch.all(layer.weight.detach()[layer.owner == 0] == 0)  # free entries hold zeros
         with torch.no_grad():  # scores on old entries spread around the threshold
-            layer.pick_score[old] = torch.rand(int(old.sum()), generator=gen) * 2 * PICK_THRESHOLD
+            layer.pick_score[old] = to_device(torch.rand(int(old.sum()), generator=gen)) * 2 * PICK_THRESHOLD
         picked = layer.pick_score.detach() > PICK_THRESHOLD
         assert (old & picked).any() and (old & ~picked).any()
         layer.active_task = 2
         layer.train()
-        r = torch.randn(layer(x).shape, generator=gen)
+        r = to_device(torch.randn(layer(x).shape, generator=gen))
         (layer(x) * r).sum().backward()
 
         weight = layer.weight.detach()

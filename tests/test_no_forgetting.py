@@ -1,7 +1,7 @@
 """Unforgetting, exactly (spec §2.6): learning later tasks never changes an earlier task's outputs."""
 import torch
 
-from cpg_testlib import (fixed_inputs, learn_task, task_logits, tiny_model)
+from cpg_testlib import DEVICE, fixed_inputs, learn_task, task_logits, tiny_model
 from utils.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from utils.stats import ownership_stats
 
@@ -41,7 +41,7 @@ def test_earlier_tasks_bitwise_identical_through_pick_prune_retrain_and_growth(t
     # ... and across a checkpoint save/load round trip, for every task
     path = str(tmp_path / 'ckpt.pth.tar')
     save_checkpoint(path, model, ARCH, frozen=True)
-    loaded = model_from_checkpoint(load_checkpoint(path))
+    loaded = model_from_checkpoint(load_checkpoint(path), DEVICE)
     _assert_same(after3, task_logits(loaded, x), [1, 2, 3])
 
 

@@ -1,10 +1,15 @@
 """Gradual pruning (spec §3.2): cubic schedule, update times, exact per-layer sparsity, ties."""
+import json
+import os
+
 import pytest
 import torch
 
-from cpg_testlib import begin_all, end_all, learn_task, tiny_model, train_steps
+import CPG_cifar100_main as cli
+from cpg_testlib import (DEVICE, TensorTasks, begin_all, end_all, learn_task, stage_args, tiny_model,
+                         to_device, train_steps)
 from models.layers import MaskedConv2d, MaskedLinear
-from utils.grower import assign_free_capacity
+from utils.checkpoint import load_checkpoint, model_from_checkpoint
 from utils.manager import build_weight_optimizer
 from utils.pruner import GradualPruner, release_smallest, sparsity_at
 
@@ -110,15 +115,47 @@ def test_full_stages_reach_the_target_share_of_the_tasks_capacity():
         assert pruner.pool_sizes == capacity  # pool = owned by task 2 or free, at stage start
         for layer, cap, was_task1 in zip(layers, capacity, task1):
             free = int((layer.owner == 0).sum())
-            assert abs(free - round(s_f * cap)) <= 1
+            assert free == round(s_f * cap)
             assert int((layer.owner == 2).sum()) + free == cap
             assert torch.equal(layer.owner == 1, was_task1)  # task 1 never loses a weight
+
+
+def test_stages_through_the_cli_free_exactly_round_s_times_pool(tmp_path, monkeypatch):
+    """The path users run: Phase A, then `--mode prune` stages 0 -> 0.35 -> 0.85, each loading the
+    previous stage's checkpoint (so the second pool already holds free entries). Every layer must
+    end with exactly round(s_f * pool) free entries; s_f * pool is fractional for most layers (e.g.
+    0.35 * 108 = 37.8), so a floor, a ceiling or one tied entry too many shows up."""
+    monkeypatch.setattr(cli, 'CifarTasks', TensorTasks)  # in-memory data, same phases
+    goals = tmp_path / 'goals.json'
+    goals.write_text(json.dumps({'t1': '0.0'}))
+    common = dict(dataset='t1', base_width=0.0625, batch_size=16, workers=0, seed=1,
+                  baseline_acc_file=goals, train_acc_gate=-1, resume_every_minutes=0)
+    scratch = str(tmp_path / 'scratch')
+    assert cli.main(stage_args(['--mode', 'finetune'], save_folder=scratch, epochs=1, **common)) == 0
+    pools = [layer.owner.numel() for _, layer in model_from_checkpoint(load_checkpoint(scratch)).masked_layers()]
+    load = scratch
+    for s_i, s_f in ((0.0, 0.35), (0.35, 0.85)):
+        folder = str(tmp_path / str(s_f))
+        status = cli.main(stage_args(['--mode', 'prune'], load_folder=load, save_folder=folder, epochs=2,
+                                     initial_sparsity=s_i, target_sparsity=s_f, pruning_interval=1,
+                                     pruning_frequency=3, lr=1e-3, **common))
+        assert status == 0
+        model = model_from_checkpoint(load_checkpoint(folder))
+        fractional = 0
+        for (name, layer), pool in zip(model.masked_layers(), pools):
+            free = int((layer.owner == 0).sum())
+            assert free == round(s_f * pool), f'{name}: {free} free, expected round({s_f} * {pool})'
+            assert int((layer.owner == 1).sum()) == pool - free
+            fractional += s_f * pool != int(s_f * pool)
+        assert fractional >= 10  # the rounding really is exercised
+        load = folder
+    assert not os.path.exists(os.path.join(load, 'resume.pth.tar'))
 
 
 @pytest.mark.parametrize('fill', ['zeros', 'constant'])
 def test_ties_release_exactly_round_s_times_pool(fill):
     torch.manual_seed(0)
-    layer = MaskedConv2d(4, 8, 3, padding=1)
+    layer = MaskedConv2d(4, 8, 3, padding=1).to(DEVICE)
     layer.add_task(1, 8, 4)
     assign = layer.owner
     assign.fill_(1)
@@ -135,7 +172,7 @@ def test_ties_release_exactly_round_s_times_pool(fill):
 
 
 def test_rank_uses_round_half_even_and_zero_rank_releases_nothing():
-    layer = MaskedLinear(5, 4)  # 20 entries
+    layer = MaskedLinear(5, 4).to(DEVICE)  # 20 entries
     layer.add_task(1, 4, 5)
     layer.owner.fill_(1)
     release_smallest(layer, 1, 0.02, 20)  # round(0.4) = 0: nothing
@@ -148,7 +185,7 @@ def test_rank_uses_round_half_even_and_zero_rank_releases_nothing():
 
 def test_release_only_touches_the_task_and_counts_free_entries_first():
     torch.manual_seed(1)
-    layer = MaskedLinear(10, 10, std=1.0)
+    layer = MaskedLinear(10, 10, std=1.0).to(DEVICE)
     layer.add_task(1, 10, 10)
     layer.add_task(2, 10, 10)
     with torch.no_grad():
@@ -156,7 +193,7 @@ def test_release_only_touches_the_task_and_counts_free_entries_first():
         owner[:30] = 1      # task 1: tiny weights, must never be released by task 2
         owner[30:40] = 0    # already free (zeros)
         owner[40:] = 2
-        layer.owner.copy_(owner.view(10, 10))
+        layer.owner.copy_(to_device(owner.view(10, 10)))
         w = layer.weight.view(-1)
         w[:30] = 1e-6
         w[30:40] = 0.0

@@ -9,7 +9,7 @@ from cpg_testlib import REPO, tiny_model
 from utils.checkpoint import save_checkpoint
 from utils.errors import CPGError
 from utils.phases import must_prune_sparsity
-from utils.records import GoalFileMissing, read_record, write_record
+from utils.records import GoalFileMissing, read_record, reset_record, write_record
 
 
 def _load_tool(name):
@@ -121,15 +121,24 @@ def test_tool_promotes_the_chosen_checkpoint(tmp_path, multiplier, record, goal,
     chosen = json.loads((folder / 'gradual_prune' / 'chosen.json').read_text())
     assert chosen['chosen_pruning_ratio'] == (float(expected) if expected else 0.0)
     assert chosen['network_width_multiplier'] == multiplier
+    source = folder / ('scratch' if expected is None else f'gradual_prune/{expected}') / 'checkpoint.pth.tar'
+    assert chosen['source'] == str(source)
+    promoted = folder / 'gradual_prune' / 'checkpoint.pth.tar'
+    assert promoted.read_bytes() == source.read_bytes()
+    # nothing is deleted: every stage stays replayable until the script marks the task DONE
     for key in record:
-        if key != '0.0':  # stage checkpoints go, their result.json stays for replay
-            assert not (folder / 'gradual_prune' / key / 'checkpoint.pth.tar').exists()
-            assert (folder / 'gradual_prune' / key / 'result.json').exists()
+        if key != '0.0':
+            assert (folder / 'gradual_prune' / key / 'checkpoint.pth.tar').exists()
     assert (folder / 'scratch' / 'checkpoint.pth.tar').exists()
-    # rerun: decision already taken, nothing changes (the stage checkpoints are gone anyway)
-    before = (folder / 'gradual_prune' / 'checkpoint.pth.tar').read_bytes()
+    # rerun: same decision, and the copy already in place is not written again
+    mtime = promoted.stat().st_mtime_ns
     assert _run_chooser(folder, goals) == 0
-    assert (folder / 'gradual_prune' / 'checkpoint.pth.tar').read_bytes() == before
+    assert promoted.stat().st_mtime_ns == mtime and promoted.read_bytes() == source.read_bytes()
+    # a fresh Phase A resets the record and the choice (utils.records.reset_record)
+    reset_record(str(folder / 'gradual_prune' / 'record.txt'))
+    assert not (folder / 'gradual_prune' / 'record.txt').exists()
+    assert not (folder / 'gradual_prune' / 'chosen.json').exists()
+    assert promoted.exists()  # the promoted model stays until a new choice replaces it
 
 
 def test_tool_errors(tmp_path):

@@ -7,8 +7,11 @@ Usage:
 Rule: the highest recorded sparsity whose accuracy + allow_acc_loss >= goal; when the network is at
 its maximum width and the unpruned accuracy missed the goal, the highest sparsity reached (the
 must-prune result). Nothing qualifies -> the unpruned scratch/ model. The chosen checkpoint is
-copied atomically to <task>/gradual_prune/checkpoint.pth.tar, where the next task loads from;
-stage checkpoints are then deleted (their result.json stays, so reruns replay them).
+copied atomically to <task>/gradual_prune/checkpoint.pth.tar, where the next task loads from, and
+the choice is recorded in gradual_prune/chosen.json (its `source` is what the retrain starts from).
+The choice is made again on every run (it is cheap, and a fresh Phase A resets record.txt); the
+copy is skipped when the target already is the chosen file. Nothing is deleted here: the script
+drops the stage checkpoints once the task is DONE.
 """
 import argparse
 import os
@@ -19,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from utils.checkpoint import CHECKPOINT_NAME, atomic_write_json, copy_checkpoint, read_sidecar  # noqa: E402
 from utils.errors import CPGError  # noqa: E402
 from utils.logger import setup_logger  # noqa: E402
-from utils.records import GoalFileMissing, read_goal, read_record  # noqa: E402
+from utils.records import CHOICE_MARKER, GoalFileMissing, read_goal, read_record  # noqa: E402
 
 
 def get_args_parser():
@@ -50,10 +53,7 @@ def main(args):
     logger = setup_logger(args.log_path, name='chooser')
     prune_dir = os.path.join(args.task_folder, 'gradual_prune')
     target = os.path.join(prune_dir, CHECKPOINT_NAME)
-    marker = os.path.join(prune_dir, 'chosen.json')
-    if os.path.isfile(marker) and os.path.isfile(target):
-        logger.info('pruning ratio already chosen for %s (%s)', args.dataset, marker)
-        return 0
+    marker = os.path.join(prune_dir, CHOICE_MARKER)
     goal = read_goal(args.baseline_acc_file, args.dataset)
     record = read_record(os.path.join(prune_dir, 'record.txt'))
     scratch = os.path.join(args.task_folder, 'scratch', CHECKPOINT_NAME)
@@ -66,20 +66,14 @@ def main(args):
     source = scratch if chosen is None else os.path.join(prune_dir, chosen, CHECKPOINT_NAME)
     if not os.path.isfile(source):
         raise CPGError(f'record.txt lists sparsity {chosen} but {source} is missing; rerun that pruning stage')
-    copy_checkpoint(source, target)
+    copied = copy_checkpoint(source, target)
     chosen_ratio = 0.0 if chosen is None else float(chosen)
     atomic_write_json(marker, {'task': args.dataset, 'chosen_pruning_ratio': chosen_ratio,
                                'accuracy': record.get(chosen or '0.0'), 'goal': goal,
                                'network_width_multiplier': width, 'source': source})
-    logger.info('chosen pruning ratio for %s: %s (accuracy %s, goal %.4f, width %s)', args.dataset,
-                chosen_ratio, record.get(chosen or '0.0'), goal, width)
-    # Only now (choice promoted and recorded) are the stage checkpoints dropped; their
-    # result.json files stay so that a rerun of the task replays the stages without training.
-    for key in record:
-        for name in (CHECKPOINT_NAME, CHECKPOINT_NAME + '.json'):
-            path = os.path.join(prune_dir, key, name)
-            if key != '0.0' and os.path.isfile(path):
-                os.remove(path)
+    logger.info('chosen pruning ratio for %s: %s (accuracy %s, goal %.4f, width %s)%s', args.dataset,
+                chosen_ratio, record.get(chosen or '0.0'), goal, width,
+                '' if copied else ' (already in place)')
     return 0
 
 

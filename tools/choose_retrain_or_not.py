@@ -1,16 +1,22 @@
-"""Keep the retrained model (re-learned pick mask) if retraining ever improved (spec §3.5).
+"""Keep the retrained model (re-learned pick mask) only if retraining improved (spec §3.5).
 
 Usage: python tools/choose_retrain_or_not.py --task_folder CKPT/<task>
-retrain/checkpoint.pth.tar exists only if some epoch beat the pruned model's accuracy; it then
-replaces gradual_prune/checkpoint.pth.tar (atomic copy). Otherwise the pruned model stays.
+
+retrain/result.json says whether some retrain epoch beat the pruned model's accuracy
+(`improved`); only then does retrain/checkpoint.pth.tar replace gradual_prune/checkpoint.pth.tar
+(atomic copy, skipped when already in place). A retrain checkpoint without an improving result
+(left by an interrupted or differently configured attempt) is never promoted. The decision is
+recorded in retrain/promoted.json; running the tool again gives the same result.
 """
 import argparse
+import json
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from utils.checkpoint import CHECKPOINT_NAME, atomic_write_json, copy_checkpoint  # noqa: E402
+from utils.errors import CPGError  # noqa: E402
 from utils.logger import setup_logger  # noqa: E402
 
 
@@ -21,21 +27,37 @@ def get_args_parser():
     return parser
 
 
+def read_result(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise CPGError(f'no retrain result at {path}; run the retrain (--finetune_again) first') from None
+    except (OSError, ValueError):
+        raise CPGError(f'cannot read {path}; delete it and rerun the retrain') from None
+
+
 def main(args):
     logger = setup_logger(args.log_path, name='chooser')
-    retrained = os.path.join(args.task_folder, 'retrain', CHECKPOINT_NAME)
-    marker = os.path.join(args.task_folder, 'retrain', 'promoted.json')
-    if os.path.isfile(marker):
-        logger.info('retrain decision already taken (%s)', marker)
-        return 0
-    keep = os.path.isfile(retrained)
+    retrain_dir = os.path.join(args.task_folder, 'retrain')
+    result = read_result(os.path.join(retrain_dir, 'result.json'))
+    keep = bool(result.get('improved'))
+    retrained = os.path.join(retrain_dir, CHECKPOINT_NAME)
     if keep:
+        if not os.path.isfile(retrained):
+            raise CPGError(f'{retrain_dir}/result.json says the retrain improved but {retrained} is '
+                           f'missing; delete result.json and rerun the retrain')
         copy_checkpoint(retrained, os.path.join(args.task_folder, 'gradual_prune', CHECKPOINT_NAME))
-    os.makedirs(os.path.dirname(marker), exist_ok=True)
-    atomic_write_json(marker, {'retrained_model_kept': keep})
-    logger.info('retrain %s', 'improved the task: retrained model kept' if keep else 'did not improve: pruned model kept')
+    atomic_write_json(os.path.join(retrain_dir, 'promoted.json'),
+                      {'retrained_model_kept': keep, 'accuracy': result.get('accuracy')})
+    logger.info('retrain %s', 'improved the task: retrained model kept' if keep
+                else 'did not improve: pruned model kept')
     return 0
 
 
 if __name__ == '__main__':
-    sys.exit(main(get_args_parser().parse_args()))
+    try:
+        sys.exit(main(get_args_parser().parse_args()))
+    except CPGError as exc:
+        sys.stderr.write(f'error: {exc}\n')
+        sys.exit(1)

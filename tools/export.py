@@ -1,12 +1,14 @@
-"""Write the deployable multi-task file of a checkpoint: weights, owner ids, packed pick masks,
-per-task BN/biases/heads; no optimizer or resume state, no float pick mask (spec §12 item 4).
+"""Write the deployable multi-task file of a checkpoint: weights, bit-packed owner ids, packed pick
+masks, per-task BN/biases/heads; no optimizer or resume state, no float pick mask (spec §12 item 4).
 
 Usage: python tools/export.py --checkpoint CKPT/<task>/gradual_prune/0.5 --out model.pth.tar
 
 --checkpoint takes a checkpoint file or a folder holding checkpoint.pth.tar. A resume file works
 too: model_from_checkpoint binarizes and packs its float pick mask (the newest task's), and the
-optimizer/resume entries are left behind. Every task of the exported file gives exactly the
-outputs of the source model.
+optimizer/resume entries are left behind. Owner ids take ceil(log2(T+1)) bits each (utils/compact.py),
+so a T-task file holds at most about 4 + T/8 bytes per shared weight plus the per-task norms, biases
+and heads. Every task of the exported file gives exactly the outputs of the source model, and the
+file loads wherever a checkpoint loads (model_from_checkpoint unpacks the owner ids).
 """
 import argparse
 import os
@@ -15,7 +17,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from utils.checkpoint import (CHECKPOINT_NAME, load_checkpoint, model_from_checkpoint,  # noqa: E402
-                              resolve_checkpoint, save_checkpoint)
+                              resolve_checkpoint)
+from utils.compact import owner_bits, save_compact_checkpoint  # noqa: E402
 from utils.errors import CPGError  # noqa: E402
 
 
@@ -42,7 +45,7 @@ def export(checkpoint, out):
     if os.path.isdir(out):
         out = os.path.join(out, CHECKPOINT_NAME)
     try:
-        after = save_checkpoint(out, model, ckpt['arch'], frozen=True)
+        after = save_compact_checkpoint(out, model, ckpt['arch'])
     except OSError as exc:
         raise CPGError(f'cannot write {out}: {exc.strerror or exc}') from None
     return source, out, before, after, model
@@ -56,8 +59,10 @@ def main(args):
         return 1
     n = shared_weight_count(model)
     print(f'{source}: {before} bytes ({before / n:.3f} per shared weight)')
-    print(f'{out}: {after} bytes ({after / n:.3f} per shared weight), {len(model.tasks)} tasks, '
-          f'{n} shared weights ({100 * after / before:.1f}% of the source)')
+    tasks = len(model.tasks)
+    print(f'{out}: {after} bytes ({after / n:.3f} per shared weight; target 4 + T/8 = {4 + tasks / 8:.3f} '
+          f'(+5%) plus the per-task norms, biases and heads), {tasks} tasks, owner ids in '
+          f'{owner_bits(tasks)} bits, {n} shared weights ({100 * after / before:.1f}% of the source)')
     return 0
 
 

@@ -9,6 +9,7 @@ training (resume files). A JSON sidecar `<file>.json` holds the same metadata fo
 import json
 import os
 import shutil
+import uuid
 
 import torch
 
@@ -22,12 +23,36 @@ CHECKPOINT_NAME = 'checkpoint.pth.tar'
 RESUME_NAME = 'resume.pth.tar'
 
 
-def atomic_write_json(path, obj):
+def _fsync_dir(path):
+    """Make a rename in `path`'s folder durable (a kill -9 or power loss then keeps it)."""
+    try:
+        fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path, write):
+    """Write `path` through write(file object) into a temp file, fsync it, rename it into place.
+
+    A reader (or a rerun after kill -9) sees the old file or the new one, never a torn one.
+    """
     tmp = f'{path}.tmp'
-    with open(tmp, 'w') as f:
-        json.dump(obj, f, indent=2)
-        f.write('\n')
+    with open(tmp, 'wb') as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
+    _fsync_dir(path)
+
+
+def atomic_write_json(path, obj):
+    atomic_write(path, lambda f: f.write((json.dumps(obj, indent=2) + '\n').encode()))
 
 
 def frozen_state_dict(model):
@@ -52,17 +77,17 @@ def checkpoint_metadata(model, arch):
 
 
 def save_checkpoint(path, model, arch, frozen=True, **extra):
-    """Write `path` atomically (temp file + rename) plus its JSON sidecar; returns bytes written.
+    """Write `path` atomically (temp file, fsync, rename) plus its JSON sidecar; returns bytes.
 
     frozen=True stores the model as later phases and inference load it (packed picks, no
     optimizer); frozen=False keeps the float pick mask, for resuming the running phase.
+    Every file gets a fresh `checkpoint_id` (also in the sidecar): the stages that read it put
+    that id in their replay signature, so a result computed from another file is never replayed.
     """
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    meta = checkpoint_metadata(model, arch)
+    meta = dict(checkpoint_metadata(model, arch), checkpoint_id=uuid.uuid4().hex)
     state = dict(meta, model=frozen_state_dict(model) if frozen else model.state_dict(), **extra)
-    tmp = f'{path}.tmp'
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: torch.save(state, f))
     atomic_write_json(f'{path}.json', meta)
     return os.path.getsize(path)
 
@@ -98,7 +123,8 @@ def model_from_checkpoint(ckpt, device='cpu'):
         task.update(saved)
     model.to(device)
     try:
-        model.load_state_dict(ckpt['model'])
+        from .compact import expand_compact_state  # imported here: utils.compact imports this module
+        model.load_state_dict(expand_compact_state(ckpt, model))  # exported files pack owner ids
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0]
         raise CPGError(f'checkpoint does not match its architecture {ckpt["arch"]!r}: {first}') from None
@@ -117,18 +143,48 @@ def freeze_float_picks(model):
 
 
 def copy_checkpoint(src, dst):
-    """Promote a checkpoint (and its sidecar) atomically: copy to a temp name, then rename."""
+    """Promote a checkpoint (and its sidecar) atomically; a no-op when dst already is src's copy.
+
+    The sidecar goes last: until it is written, dst's sidecar still names the old file's id,
+    so an interrupted promotion is simply done again.
+    """
     os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
+    src_meta, dst_meta = read_sidecar(src), read_sidecar(dst)
+    if (src_meta is not None and dst_meta is not None and os.path.isfile(dst)
+            and src_meta.get('checkpoint_id') and src_meta.get('checkpoint_id') == dst_meta.get('checkpoint_id')):
+        return False
     for suffix in ('', '.json'):
         if os.path.exists(src + suffix):
-            shutil.copyfile(src + suffix, dst + suffix + '.tmp')
-            os.replace(dst + suffix + '.tmp', dst + suffix)
+            with open(src + suffix, 'rb') as source:
+                atomic_write(dst + suffix, lambda f: shutil.copyfileobj(source, f, 16 << 20))
+    return True
 
 
 def read_sidecar(path):
-    """Metadata of a checkpoint without loading tensors (None if absent)."""
+    """Metadata of a checkpoint without loading tensors (None if absent or unreadable)."""
     path = resolve_checkpoint(path) + '.json'
     if not os.path.isfile(path):
         return None
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def checkpoint_info(path, hint):
+    """Metadata of the checkpoint at `path` (a file or a folder), cheaply: the JSON sidecar when
+    it is there, else the file itself. Raises one clear CPGError if there is no checkpoint."""
+    path = resolve_checkpoint(path)
+    if not os.path.isfile(path):
+        raise CPGError(f'checkpoint not found: {path}; {hint}')
+    meta = read_sidecar(path)
+    if meta is None or 'checkpoint_id' not in meta:  # no sidecar: read the file itself
+        ckpt = load_checkpoint(path, hint=hint)
+        meta = dict(checkpoint_metadata_of(ckpt), checkpoint_id=ckpt.get('checkpoint_id'))
+    return meta
+
+
+def checkpoint_metadata_of(ckpt):
+    """The metadata part (what the sidecar holds) of a loaded checkpoint dict."""
+    return {k: ckpt[k] for k in ('format', 'arch', 'base_width', 'network_width_multiplier', 'tasks')}

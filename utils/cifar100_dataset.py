@@ -24,9 +24,29 @@ def _subfolders(path):
     return sorted(d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d)))
 
 
+# Discovery rules shared by the loaders and tools/preflight.py, so that the two never disagree:
+# the classes of a task are its sorted sub-folders (labels 0..C-1 in this order), and a class's
+# images are the files directly inside it whose names end in IMAGE_EXTENSIONS (any case).
+def class_folders(task_dir):
+    """Sorted class folder names of `task_dir` (empty if it does not exist)."""
+    return _subfolders(task_dir)
+
+
+def _is_image(entry):
+    """An os.DirEntry that counts as an image: a file with an image extension."""
+    return entry.name.lower().endswith(IMAGE_EXTENSIONS) and entry.is_file()
+
+
+def has_image(folder):
+    """True if `folder` directly holds an image; stops at the first one and decodes nothing."""
+    with os.scandir(folder) as entries:
+        return any(_is_image(entry) for entry in entries)
+
+
 def _image_files(folder):
     """Return the sorted image file paths directly inside `folder`."""
-    names = sorted(n for n in os.listdir(folder) if n.lower().endswith(IMAGE_EXTENSIONS))
+    with os.scandir(folder) as entries:
+        names = sorted(entry.name for entry in entries if _is_image(entry))
     return [os.path.join(folder, n) for n in names]
 
 
@@ -71,7 +91,7 @@ class TaskImageFolder(torch.utils.data.Dataset):
     def __init__(self, data_root, split, task, train_transform=False, mean=None, std=None):
         """Decode every image of the task; labels are the sorted class folders 0..C-1."""
         task_dir = _task_dir(data_root, split, task)
-        self.classes = _subfolders(task_dir)
+        self.classes = class_folders(task_dir)
         if not self.classes:
             raise CPGError(f'no class subfolders in {task_dir}; expected '
                            f'{task_dir}/<class>/*.png')

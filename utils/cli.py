@@ -1,6 +1,9 @@
-"""Argument parsing shared by the entry scripts."""
+"""Argument parsing and the exit-status file shared by the entry scripts."""
 import argparse
+import os
 import sys
+
+EXIT_STATUS_NAME = 'exit_status'
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -12,3 +15,14 @@ class ArgumentParser(argparse.ArgumentParser):
     def error(self, message):
         sys.stderr.write(f'{self.prog}: error: {message} (see --help)\n')
         sys.exit(1)
+
+
+def write_exit_status(save_folder, status):
+    """<save_folder>/exit_status holds the stage's status for the bash loop.
+
+    torchrun reports every failing child as its own exit 1, which would turn "widen" (2) or "stop
+    pruning" (6) into an error; the scripts read this file instead (experiment1/common.sh, stage).
+    """
+    from .checkpoint import atomic_write
+    os.makedirs(save_folder, exist_ok=True)
+    atomic_write(os.path.join(save_folder, EXIT_STATUS_NAME), lambda f: f.write(f'{status}\n'.encode()))

@@ -23,8 +23,9 @@ import os
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, DistributedSampler, get_worker_info
+from torch.utils.data import DistributedSampler, get_worker_info
 
+from .data import make_loader
 from .errors import CPGError
 
 # odd 64-bit constant (golden ratio) that spreads per-rank seeds apart
@@ -182,12 +183,9 @@ class Distributed:
                                               workers, device, seed)
         sampler = RankSeededSampler(train.dataset, num_replicas=self.world_size, rank=self.rank,
                                     shuffle=True, seed=seed, drop_last=False)
-        generator = torch.Generator()
-        generator.manual_seed(seed)
-        train = DataLoader(train.dataset, batch_size=batch_size, sampler=sampler,
-                           num_workers=workers, pin_memory=torch.device(device).type == 'cuda',
-                           persistent_workers=workers > 0, worker_init_fn=RankWorkerInit(self.rank),
-                           generator=generator, drop_last=False)
+        # seed_loader_epoch seeds worker w of this rank from (seed, epoch, rank, w)
+        train = make_loader(train.dataset, batch_size, shuffle=False, workers=workers, device=device,
+                            seed=seed, sampler=sampler, rank=self.rank)
         return train, val, num_classes
 
 
@@ -204,28 +202,13 @@ def _rank_seed(seed, rank, modulo):
 class RankSeededSampler(DistributedSampler):
     """DistributedSampler that also gives each rank its own augmentation stream.
 
-    Augmentation draws from the global torch RNG, which the phases seed identically on every rank
-    at each epoch; without this, the samples perm[2i] and perm[2i+1] would always get the same crop
-    and flip. With loader workers, RankWorkerInit does the same inside each worker.
+    Augmentation draws from the global torch RNG, which seed_loader_epoch seeds identically on
+    every rank at each epoch; without this, the samples perm[2i] and perm[2i+1] would always get
+    the same crop and flip. With loader workers, utils.data.WorkerSeeder(rank) mixes the rank into
+    each worker's seed instead.
     """
 
     def __iter__(self):
         if self.rank and get_worker_info() is None:
             torch.manual_seed(_rank_seed(torch.initial_seed(), self.rank, 2 ** 63))
         return super().__iter__()
-
-
-class RankWorkerInit:
-    """worker_init_fn: seed python/numpy/torch from the worker's seed and the rank (picklable)."""
-
-    def __init__(self, rank):
-        self.rank = rank
-
-    def __call__(self, worker_id):
-        import random
-
-        import numpy as np
-        seed = _rank_seed(torch.initial_seed(), self.rank, 2 ** 32)
-        random.seed(seed)
-        np.random.seed(seed)
-        torch.manual_seed(seed)

@@ -6,8 +6,17 @@ import subprocess
 import sys
 
 
+class _BelowError(logging.Filter):
+    def filter(self, record):
+        return record.levelno < logging.ERROR
+
+
 def setup_logger(log_path=None, name='CPG'):
-    """Logger with the original's `time - name - level - message` format, to stdout and log_path."""
+    """Logger with the original's `time - name - level - message` format, to stdout and log_path.
+
+    Errors go to stderr instead of stdout, as the single line `error: <message>` (what to do is in
+    the message), and to the log file in the usual format.
+    """
     logger = logging.getLogger(name)
     logger.setLevel(logging.INFO)
     logger.propagate = False
@@ -15,12 +24,18 @@ def setup_logger(log_path=None, name='CPG'):
         logger.removeHandler(handler)
         handler.close()
     fmt = logging.Formatter('%(asctime)s - %(name)s - %(levelname)s - %(message)s')
-    handlers = [logging.StreamHandler(sys.stdout)]
+    stdout = logging.StreamHandler(sys.stdout)
+    stdout.addFilter(_BelowError())
+    stdout.setFormatter(fmt)
+    stderr = logging.StreamHandler(sys.stderr)
+    stderr.setLevel(logging.ERROR)
+    stderr.setFormatter(logging.Formatter('error: %(message)s'))
+    handlers = [stdout, stderr]
     if log_path:
         os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
         handlers.append(logging.FileHandler(log_path))
+        handlers[-1].setFormatter(fmt)
     for handler in handlers:
-        handler.setFormatter(fmt)
         logger.addHandler(handler)
     return logger
 

@@ -3,9 +3,13 @@
 Metrics are accumulated on the device and read once per epoch (and every `log_every` steps for the
 progress bar), so the training loop never waits on the device per batch (spec §12 items 5, 23).
 """
+import math
+
 import torch
 import torch.nn as nn
 from tqdm import tqdm
+
+from .errors import CPGError
 
 
 def task_parameters(model, task, train_weights=True):
@@ -102,10 +106,22 @@ class Manager:
                 seen += n
             if self.show_progress and (i + 1) % self.log_every == 0:  # the only sync, every N steps
                 loss_sum, correct = sums.tolist()
+                self._check_finite(loss_sum, epoch, optimizers)
                 bar.set_postfix(loss=f'{loss_sum / seen:.3f}', acc=f'{correct / seen:.3f}')
         totals = torch.cat([sums, sums.new_tensor([seen])])
         loss_sum, correct, seen = self.reduce(totals).tolist()
+        self._check_finite(loss_sum, epoch, optimizers)
         return {'loss': loss_sum / max(seen, 1), 'accuracy': correct / max(seen, 1)}, step
+
+    def _check_finite(self, loss_sum, epoch, optimizers):
+        """A NaN/inf loss anywhere in the epoch poisons the on-device loss sum, so checking the sum
+        where it is read anyway costs nothing. The stage stops before anything is saved; earlier
+        tasks are safe because the layers' gating zeroes every gradient outside the task."""
+        if not math.isfinite(loss_sum):
+            lrs = ', '.join(f'{group["lr"]:g}' for opt in optimizers for group in opt.param_groups[:1])
+            raise CPGError(f'task {self.task}: the training loss became non-finite ({loss_sum}) in epoch {epoch} '
+                           f'(learning rates {lrs}); nothing of this stage was saved and earlier tasks '
+                           f'are untouched; lower the learning rate and rerun')
 
     @torch.no_grad()
     def validate(self, task=None, loader=None):
@@ -145,8 +161,8 @@ class Manager:
                 if phase is None or grad is None:
                     continue
                 grad.add_(layer.weight, alpha=phase.get('deferred_decay', 0.0))
-                if phase['own'] is not None:
-                    grad.mul_(phase['own'])
+                if phase['frozen'] is not None:
+                    grad.masked_fill_(phase['frozen'], 0.0)
         for opt in optimizers:
             self.scaler.step(opt)
         self.scaler.update()

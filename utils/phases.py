@@ -6,9 +6,14 @@
   inference evaluate every task of a final checkpoint in one process (no in-place masking)
 
 Each phase writes `<save_folder>/result.json` (status + signature). Re-running a phase whose
-result matches its signature replays the exit status without training, and an interrupted phase
-resumes from `<save_folder>/resume.pth.tar`: the bash loops can simply be run again.
+result matches its signature replays the exit status without training or even loading its input,
+and an interrupted phase resumes from `<save_folder>/resume.pth.tar` (written at most every
+--resume_every_minutes and at the end of the phase): the bash loops can simply be run again.
+The signature holds every setting that can change the phase's outcome plus the id of the
+checkpoint it reads, so a result or resume state computed from another input is never reused.
+Nothing here deletes a checkpoint: a new one atomically replaces the old one when it is ready.
 """
+import hashlib
 import json
 import os
 import time
@@ -18,19 +23,21 @@ import torch
 from models import build_model
 from models.layers import PICK_THRESHOLD
 
-from .checkpoint import (CHECKPOINT_NAME, RESUME_NAME, atomic_write_json, load_checkpoint,
-                         model_from_checkpoint, resolve_checkpoint, save_checkpoint)
+from .checkpoint import (CHECKPOINT_NAME, RESUME_NAME, atomic_write_json, checkpoint_info,
+                         load_checkpoint, model_from_checkpoint, resolve_checkpoint, save_checkpoint)
+from .data import seed_loader_epoch
 from .errors import CPGError
 from .grower import assign_free_capacity, owns_any, width_for_new_task
 from .logger import append_jsonl
 from .manager import Manager, build_weight_optimizer, set_lr
 from .picker import build_pick_optimizer, reset_picks
 from .pruner import GradualPruner
-from .records import read_goal, read_record, write_goal, write_record
+from .records import read_goal, read_record, reset_record, write_goal, write_record
 from .stats import ownership_stats
 
 # Exit statuses understood by the experiment scripts (spec §3.7; README "Exit codes").
 EXIT_OK, EXIT_ERROR, EXIT_WIDEN, EXIT_NO_GOAL, EXIT_NO_CAPACITY, EXIT_STOP_PRUNING = 0, 1, 2, 3, 5, 6
+PROTOCOL_STATUSES = (EXIT_WIDEN, EXIT_NO_GOAL, EXIT_NO_CAPACITY, EXIT_STOP_PRUNING)  # not errors
 
 
 def must_prune_sparsity(total_num_tasks, learned):
@@ -55,14 +62,27 @@ class PhaseContext:
         self.args, self.data, self.logger, self.device = args, data, logger, torch.device(device)
         self.dist = dist  # utils.distributed.Distributed or None
         self.is_main = dist is None or dist.is_main
+        self._last_resume = time.monotonic()
+        self.run_id = None
 
     # ----- result / replay / resume -----------------------------------------------------------
-    def signature(self, phase, **extra):
+    def signature(self, phase, source=None, **extra):
+        """Identity of a phase run: every setting that can change its outcome, and the id of the
+        checkpoint it starts from (`source`: that checkpoint's metadata, None for a fresh model)."""
         a = self.args
-        sig = {'phase': phase, 'task': a.dataset, 'load_folder': _norm(a.load_folder),
+        sig = {'phase': phase, 'task': a.dataset, 'arch': a.arch, 'base_width': a.base_width,
+               'num_classes': a.num_classes, 'load_folder': _norm(a.load_folder),
+               'input_checkpoint': None if source is None else source.get('checkpoint_id'),
                'epochs': a.epochs, 'lr': a.lr, 'lr_mask': a.lr_mask, 'batch_size': a.batch_size,
-               'seed': a.seed}
+               'seed': a.seed, 'weight_decay': a.weight_decay, 'learn_pick': a.learn_pick,
+               'lr_decay_epochs': a.lr_decay_epochs, 'lr_decay_factor': a.lr_decay_factor,
+               'mask_lr_decay_epochs': a.mask_lr_decay_epochs,
+               'mask_lr_decay_factors': a.mask_lr_decay_factors, 'train_acc_gate': a.train_acc_gate,
+               'max_width': a.max_allowed_network_width_multiplier,
+               'total_num_tasks': a.total_num_tasks}
         sig.update(extra)
+        # short id of this run, in every log.jsonl line and result.json: which run wrote what
+        self.run_id = hashlib.sha1(json.dumps(sig, sort_keys=True).encode()).hexdigest()[:12]
         return sig
 
     def replay(self, signature):
@@ -70,10 +90,14 @@ class PhaseContext:
         path = os.path.join(self.args.save_folder, 'result.json')
         if not os.path.isfile(path):
             return None
-        with open(path) as f:
-            result = json.load(f)
+        try:
+            with open(path) as f:
+                result = json.load(f)
+        except (OSError, ValueError):
+            self.logger.info('%s is unreadable; running again', path)
+            return None
         if result.get('signature') != signature:
-            self.logger.info('%s holds a result of different settings; running again', path)
+            self.logger.info('%s holds a result of different settings or another input; running again', path)
             return None
         self.logger.info('already done (%s): status %d, accuracy %s', path, result['status'],
                          result.get('accuracy'))
@@ -83,35 +107,42 @@ class PhaseContext:
         if self.is_main:
             os.makedirs(self.args.save_folder, exist_ok=True)
             atomic_write_json(os.path.join(self.args.save_folder, 'result.json'),
-                              dict(info, status=status, signature=signature))
-            resume = os.path.join(self.args.save_folder, RESUME_NAME)
+                              dict(info, status=status, run=self.run_id, signature=signature))
+            resume = os.path.join(self.args.save_folder, RESUME_NAME)  # the result replaces it
             for path in (resume, resume + '.json'):
                 if os.path.exists(path):
                     os.remove(path)
         return status
 
-    def save(self, model, name=CHECKPOINT_NAME, frozen=True, **extra):
+    def save(self, model, name=CHECKPOINT_NAME, **extra):
+        """The phase's frozen checkpoint (rank 0 writes it; the other ranks wait for it)."""
         if self.is_main:
             path = os.path.join(self.args.save_folder, name)
-            nbytes = save_checkpoint(path, model, self.args.arch, frozen=frozen, **extra)
-            if frozen:
-                self.logger.info('saved %s (%.1f MB)', path, nbytes / 2 ** 20)
+            nbytes = save_checkpoint(path, model, self.args.arch, frozen=True, **extra)
+            self.logger.info('saved %s (%.1f MB)', path, nbytes / 2 ** 20)
         if self.dist is not None:
             self.dist.barrier()
 
+    def save_resume(self, model, final, **state):
+        """The resume state (float picks, optimizers, position), at most every
+        --resume_every_minutes and after the last epoch. At width 1.5 for a task >= 2 it is ~1 GB:
+        written every epoch it would cost more than a GPU epoch. Rank 0 decides alone (no
+        collective), since only it writes."""
+        minutes = getattr(self.args, 'resume_every_minutes', 0.0)
+        due = final or minutes <= 0 or time.monotonic() - self._last_resume >= 60 * minutes
+        if self.is_main and due:
+            save_checkpoint(os.path.join(self.args.save_folder, RESUME_NAME), model, self.args.arch,
+                            frozen=False, **state)
+            self._last_resume = time.monotonic()
+
     def load_resume(self, signature):
-        """The matching resume state, or None; a fresh start drops a stale phase checkpoint."""
+        """The matching resume state, or None (a stale one is ignored, and overwritten later)."""
         path = os.path.join(self.args.save_folder, RESUME_NAME)
-        stale = os.path.join(self.args.save_folder, CHECKPOINT_NAME)
         if not os.path.isfile(path):
-            if self.is_main and os.path.isfile(stale):
-                os.remove(stale)
             return None
         ckpt = load_checkpoint(path, map_location='cpu', hint='')
         if ckpt.get('signature') != signature:
-            self.logger.info('ignoring %s: written with different settings', path)
-            if self.is_main and os.path.isfile(stale):
-                os.remove(stale)
+            self.logger.info('ignoring %s: written with different settings or another input', path)
             return None
         self.logger.info('resuming from %s at epoch %d', path, ckpt['epoch'])
         return ckpt
@@ -135,13 +166,8 @@ class PhaseContext:
         return self.dist.wrap(model) if self.dist is not None else model
 
     def seed_epoch(self, loader, epoch):
-        """Data order and augmentation depend only on (seed, epoch): resume is exact."""
-        seed = self.args.seed * 100003 + epoch
-        if hasattr(loader.sampler, 'set_epoch'):
-            loader.sampler.set_epoch(epoch)
-        if getattr(loader, 'generator', None) is not None:
-            loader.generator.manual_seed(seed)
-        torch.manual_seed(seed)
+        """Data order and augmentation depend only on (seed, epoch) and the rank: resume is exact."""
+        seed_loader_epoch(loader, self.args.seed, epoch)
 
     def log_epoch(self, model, task, phase, epoch, train, val, lrs):
         stats = ownership_stats(model, task)
@@ -152,7 +178,7 @@ class PhaseContext:
                          stats['free_fraction'], stats['picked_fraction'], model.multiplier)
         if self.is_main:
             append_jsonl(os.path.join(self.args.save_folder, 'log.jsonl'),
-                         {'phase': phase, 'task': task, 'epoch': epoch, 'time': time.time(),
+                         {'phase': phase, 'run': self.run_id, 'task': task, 'epoch': epoch, 'time': time.time(),
                           'train': train, 'val': val, 'lr': lrs, **stats})
 
 
@@ -191,27 +217,33 @@ def run_finetune(ctx):
     baseline = bool(a.save_goal_file)
     goal = None if baseline else read_goal(a.baseline_acc_file, a.dataset)  # GoalFileMissing -> 3
 
-    if a.load_folder:
-        model = ctx.load_model(a.load_folder, 'finish the previous task first')
-    else:
-        model = build_model(a.arch, a.base_width, a.network_width_multiplier).to(ctx.device)
-    initial = None
-    if getattr(a, 'initial_from', None):  # finetune baseline: start from another task's model
-        initial = ctx.load_model(a.initial_from, 'train that task\'s baseline first')
-        if len(initial.tasks) != 1 or initial.multiplier != model.multiplier:
-            raise CPGError(f'--initial_from {a.initial_from} must hold one task at width '
-                           f'{model.multiplier} (it holds {len(initial.tasks)} at {initial.multiplier})')
-    if any(t['name'] == a.dataset for t in model.tasks):
+    # What the run starts from, read cheaply (sidecars): a finished run replays without loading.
+    source = checkpoint_info(a.load_folder, 'finish the previous task first') if a.load_folder else None
+    current = source['network_width_multiplier'] if source else a.network_width_multiplier
+    learned = [t['name'] for t in source['tasks']] if source else []
+    if a.dataset in learned:
         raise CPGError(f'task {a.dataset!r} is already learned in {a.load_folder}; '
                        f'load the checkpoint of the task before it')
-    width = width_for_new_task(a.network_width_multiplier, model.multiplier,
+    initial = None
+    if getattr(a, 'initial_from', None):  # finetune baseline: start from another task's model
+        initial = checkpoint_info(a.initial_from, 'train that task\'s baseline first')
+        if len(initial['tasks']) != 1 or initial['network_width_multiplier'] != current:
+            raise CPGError(f'--initial_from {a.initial_from} must hold one task at width {current} '
+                           f'(it holds {len(initial["tasks"])} at {initial["network_width_multiplier"]})')
+    width = width_for_new_task(a.network_width_multiplier, current,
                                a.max_allowed_network_width_multiplier)
-    signature = ctx.signature('finetune', width=width, goal=goal,
-                              initial_from=_norm(getattr(a, 'initial_from', None)))
+    signature = ctx.signature('finetune', source, width=width, goal=goal,
+                              initial_from=initial and initial.get('checkpoint_id'))
     replayed = ctx.replay(signature)
     if replayed is not None:
         return replayed
 
+    if a.load_folder:
+        model = ctx.load_model(a.load_folder, 'finish the previous task first')
+    else:
+        model = build_model(a.arch, a.base_width, a.network_width_multiplier).to(ctx.device)
+    if initial is not None:
+        initial = ctx.load_model(a.initial_from, 'train that task\'s baseline first')
     train_loader, val_loader, num_classes = ctx.data.loaders(a.dataset)
     task = model.add_task(a.dataset, num_classes, width)
     if initial is not None:  # every tensor, the head too when the class counts match (spec §7.3)
@@ -244,11 +276,14 @@ def run_finetune(ctx):
         if adam is not None:
             adam.load_state_dict(resume['adam'])
         start, train, val = resume['epoch'], resume['train'], resume['val']
+    elif a.pruning_ratio_to_acc_record_file and ctx.is_main:
+        # A fresh Phase A makes the task's pruning record and ratio choice stale.
+        reset_record(a.pruning_ratio_to_acc_record_file)
 
     for epoch in range(start, a.epochs):
         train, val = _picking_epoch(ctx, model, task, manager, sgd, adam, epoch, mask_factors, 'finetune')
-        ctx.save(model, RESUME_NAME, frozen=False, signature=signature, epoch=epoch + 1,
-                 sgd=sgd.state_dict(), adam=adam.state_dict() if adam else None, train=train, val=val)
+        ctx.save_resume(model, epoch + 1 == a.epochs, signature=signature, epoch=epoch + 1,
+                        sgd=sgd.state_dict(), adam=adam.state_dict() if adam else None, train=train, val=val)
 
     for _, layer in model.masked_layers():
         layer.end_phase()
@@ -283,22 +318,24 @@ def run_finetune(ctx):
 # --------------------------------------------------------------------------------------------------
 # Phase B
 # --------------------------------------------------------------------------------------------------
-def _last_task(ctx, model):
-    task = len(model.tasks)
-    if task == 0 or model.tasks[-1]['name'] != ctx.args.dataset:
+def _last_task(ctx, source):
+    """Id of the task a pruning stage or retrain works on: the last one of its input checkpoint."""
+    tasks = source['tasks']
+    if not tasks or tasks[-1]['name'] != ctx.args.dataset:
         raise CPGError(f'the checkpoint in {ctx.args.load_folder} ends with task '
-                       f'{model.tasks[-1]["name"] if model.tasks else None!r}, not {ctx.args.dataset!r}; '
+                       f'{tasks[-1]["name"] if tasks else None!r}, not {ctx.args.dataset!r}; '
                        f'load the folder written for this task')
-    return task
+    return len(tasks)
 
 
-def _must_prune(ctx, model, task):
+def _must_prune(ctx, source, task):
     """Required sparsity if the must-prune rule applies (spec §3.3), else None."""
     a = ctx.args
-    if a.total_num_tasks is None or model.multiplier < a.max_allowed_network_width_multiplier - 1e-9:
+    if (a.total_num_tasks is None
+            or source['network_width_multiplier'] < a.max_allowed_network_width_multiplier - 1e-9):
         return None
     record = read_record(a.pruning_ratio_to_acc_record_file) if a.pruning_ratio_to_acc_record_file else {}
-    acc0 = record.get('0.0', model.tasks[task - 1].get('accuracy'))
+    acc0 = record.get('0.0', source['tasks'][task - 1].get('accuracy'))
     goal = read_goal(a.baseline_acc_file, a.dataset)
     if acc0 is None or acc0 >= goal:
         return None
@@ -308,18 +345,21 @@ def _must_prune(ctx, model, task):
 def run_prune(ctx):
     """One gradual-pruning stage s_i -> s_f (spec §3.2). Returns 0, or 6 to stop the stage loop."""
     a = ctx.args
-    model = ctx.load_model(a.load_folder, 'run the previous stage (or Phase A) first')
-    task = _last_task(ctx, model)
-    signature = ctx.signature('prune', initial_sparsity=a.initial_sparsity,
+    hint = 'run the previous stage (or Phase A) first'
+    source = checkpoint_info(a.load_folder, hint)
+    task = _last_task(ctx, source)
+    signature = ctx.signature('prune', source, initial_sparsity=a.initial_sparsity,
                               target_sparsity=a.target_sparsity, pruning_interval=a.pruning_interval,
-                              pruning_frequency=a.pruning_frequency, width=model.multiplier)
+                              pruning_frequency=a.pruning_frequency,
+                              width=source['network_width_multiplier'])
     replayed = ctx.replay(signature)
     if replayed is not None:
         return replayed
-    must = _must_prune(ctx, model, task)
+    must = _must_prune(ctx, source, task)
     if must is not None and a.initial_sparsity >= must - 1e-9:
         ctx.logger.info('must-prune rule: sparsity %.2f already reaches the required %.2f; stop', a.initial_sparsity, must)
         return ctx.finish(signature, EXIT_STOP_PRUNING, reason='must-prune reached')
+    model = ctx.load_model(a.load_folder, hint)
 
     train_loader, val_loader, _ = ctx.data.loaders(a.dataset)
     picks = bool(model.tasks[task - 1].get('picks'))
@@ -356,8 +396,8 @@ def run_prune(ctx):
             pruner.finalize()  # a stage shorter than the interval still ends at s_f
         val = manager.validate()
         ctx.log_epoch(model, task, 'prune', epoch, train, val, {'lr': a.lr})
-        ctx.save(model, RESUME_NAME, frozen=False, signature=signature, epoch=epoch + 1, step=step,
-                 sgd=sgd.state_dict(), pruner=pruner.state_dict(), train=train, val=val)
+        ctx.save_resume(model, epoch + 1 == a.epochs, signature=signature, epoch=epoch + 1, step=step,
+                        sgd=sgd.state_dict(), pruner=pruner.state_dict(), train=train, val=val)
 
     for _, layer in model.masked_layers():
         layer.end_phase()
@@ -387,15 +427,18 @@ def run_prune(ctx):
 def run_retrain(ctx):
     """Re-learn the pick mask with the surviving weights (spec §3.5); keeps only the best epoch."""
     a = ctx.args
-    model = ctx.load_model(a.load_folder, 'choose the pruning ratio first')
-    task = _last_task(ctx, model)
-    signature = ctx.signature('retrain', width=model.multiplier, patience=a.retrain_patience)
+    hint = 'choose the pruning ratio first'
+    source = checkpoint_info(a.load_folder, hint)
+    task = _last_task(ctx, source)
+    signature = ctx.signature('retrain', source, width=source['network_width_multiplier'],
+                              patience=a.retrain_patience)
     replayed = ctx.replay(signature)
     if replayed is not None:
         return replayed
     if task < 2 or not a.learn_pick:
         ctx.logger.info('retrain: task %d learns no pick mask; nothing to do', task)
         return ctx.finish(signature, EXIT_OK, improved=False)
+    model = ctx.load_model(a.load_folder, hint)
 
     train_loader, val_loader, _ = ctx.data.loaders(a.dataset)
     reset_picks(model, task)  # the stored pick is discarded; a fresh one starts at 0.01
@@ -408,14 +451,14 @@ def run_retrain(ctx):
     owns = owns_any(model, task)
     mask_factors = [f if (f != 0 or owns) else 1.0 for f in a.mask_lr_decay_factors]
 
-    start, best, stale = 0, None, 0
+    start, best, stale, improved = 0, None, 0, False
     resume = ctx.load_resume(signature)
     if resume is not None:
         model.load_state_dict(resume['model'])
         sgd.load_state_dict(resume['sgd'])
         if adam is not None:
             adam.load_state_dict(resume['adam'])
-        start, best, stale = resume['epoch'], resume['best'], resume['stale']
+        start, best, stale, improved = resume['epoch'], resume['best'], resume['stale'], resume['improved']
     else:
         # The retrained model must beat the model it would replace. The original compared with the
         # fresh mask's first validation, so a retrain worse than the pruned model could replace it.
@@ -425,7 +468,8 @@ def run_retrain(ctx):
         ctx.logger.info('retrain: task %d starts at val acc %.4f with a fresh pick mask; '
                         'to keep, it must beat %.4f (the pruned model)', task, fresh, best)
 
-    improved = os.path.isfile(os.path.join(a.save_folder, CHECKPOINT_NAME)) and start > 0
+    # `improved` is the truth about retrain/checkpoint.pth.tar: a file left by an interrupted or
+    # differently configured attempt may be there, and only result.json says whether it counts.
     for epoch in range(start, a.epochs):
         if stale >= a.retrain_patience:
             break
@@ -436,8 +480,10 @@ def run_retrain(ctx):
             ctx.save(model)  # frozen: the pick is packed exactly as end_phase would pack it
         else:
             stale += 1
-        ctx.save(model, RESUME_NAME, frozen=False, signature=signature, epoch=epoch + 1,
-                 sgd=sgd.state_dict(), adam=adam.state_dict() if adam else None, best=best, stale=stale)
+        last = epoch + 1 == a.epochs or stale >= a.retrain_patience
+        ctx.save_resume(model, last, signature=signature, epoch=epoch + 1, sgd=sgd.state_dict(),
+                        adam=adam.state_dict() if adam else None, best=best, stale=stale,
+                        improved=improved)
     ctx.logger.info('retrain done: best val acc %.4f (%s)', best,
                     'improved, kept' if improved else 'no improvement, discarded')
     return ctx.finish(signature, EXIT_OK, accuracy=best, improved=improved)

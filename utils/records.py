@@ -6,6 +6,16 @@ from .checkpoint import atomic_write_json
 from .errors import CPGError
 
 
+CHOICE_MARKER = 'chosen.json'  # written by the ratio chooser beside record.txt
+
+
+def reset_record(path):
+    """Forget a task's pruning record and ratio choice (a fresh Phase A makes them stale)."""
+    for stale in (path, os.path.join(os.path.dirname(os.path.abspath(path)), CHOICE_MARKER)):
+        if os.path.isfile(stale):
+            os.remove(stale)
+
+
 def ratio_key(ratio):
     """Sparsity as the record's string key: 0.0 -> "0.0", 0.1 -> "0.1", 0.95 -> "0.95"."""
     return repr(round(float(ratio), 4))
@@ -53,7 +63,7 @@ def read_goals(path):
     try:
         with open(path) as f:
             return {k: float(v) for k, v in json.load(f).items()}
-    except (json.JSONDecodeError, ValueError, AttributeError):
+    except (json.JSONDecodeError, ValueError, AttributeError, TypeError):
         raise CPGError(f'goal file {path} is not a JSON object of task -> accuracy; fix or delete it') from None
 
 

@@ -1,0 +1,186 @@
+"""Check every task of an experiment before any training: folders, class counts, goals.
+
+Usage (the experiment scripts, right after sourcing experiment1/common.sh):
+  python tools/preflight.py --data_root "$DATA_ROOT" --num_classes "$NUM_CLASSES" \
+      --tasks "${TASK_LIST[@]}" [--goals_file "$GOALS_FILE"]
+
+All tasks are checked, then: one stdout line "preflight: N tasks OK (...)" and exit 0, or ONE
+stderr line "error: preflight: <problem>; <problem>; ...; to fix: ..." and exit 1. Nothing is
+decoded: class folders are listed and each is read only up to its first image, with the loaders'
+own discovery rules (utils/cifar100_dataset.py), so preflight and training never disagree.
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from utils.cifar100_dataset import class_folders, has_image  # noqa: E402
+from utils.errors import CPGError  # noqa: E402
+from utils.records import read_goals  # noqa: E402
+
+DATA_HINT = ('set DATA_ROOT, TASKS and NUM_CLASSES to match the data, or prepare it '
+             '(tools/cifar100_to_png.py, README "Data preparation")')
+GOAL_HINT = ('write the missing goals with experiment1/baseline_cifar100.sh '
+             '(or by hand: JSON {"<task>": "0.xxxx"})')
+
+
+class PreflightParser(argparse.ArgumentParser):
+    """A bad flag is one 'error: preflight:' line and exit 1 too (argparse's 2 means "widen")."""
+
+    def error(self, message):
+        sys.stderr.write(f'error: preflight: {message}; see python tools/preflight.py --help\n')
+        sys.exit(1)
+
+
+def get_args_parser():
+    parser = PreflightParser('preflight.py', description=__doc__.splitlines()[0])
+    # Data
+    parser.add_argument('--data_root', required=True,
+                        help='dataset root holding <split>/<task>/<class>/<image>')
+    parser.add_argument('--tasks', nargs='*', required=True, help='task folder names, in order')
+    parser.add_argument('--num_classes', type=int, nargs='+', required=True,
+                        help='classes per task: one value for every task, or one per task')
+    parser.add_argument('--splits', nargs='+', default=['train', 'test'],
+                        help='split folders every task must have')
+    # Goals
+    parser.add_argument('--goals_file', default=None,
+                        help='accuracy-goal JSON; when given, every task needs a goal there')
+    return parser
+
+
+def _expected_classes(num_classes, task):
+    """The class count `task` must have: one int for all, a {task: int} mapping, or None."""
+    if isinstance(num_classes, dict):
+        return num_classes.get(task)
+    return num_classes
+
+
+def _split_problems(task, task_dir, expected):
+    """(problems, class folder names) of one task in one split."""
+    if not os.path.isdir(task_dir):
+        return [f'{task}: no folder {task_dir}'], None
+    try:
+        classes = class_folders(task_dir)
+        empty = [name for name in classes if not has_image(os.path.join(task_dir, name))]
+    except OSError as exc:  # e.g. no read permission
+        return [f'{task}: cannot list {exc.filename or task_dir} ({exc.strerror or exc})'], None
+    problems = []
+    if len(empty) == 1:
+        problems.append(f'{task}: no images in {os.path.join(task_dir, empty[0])}')
+    elif empty:
+        shown = ', '.join(empty[:3]) + (', ...' if len(empty) > 3 else '')
+        problems.append(f'{task}: {len(empty)} class folders without images in {task_dir} ({shown})')
+    found = len(classes) - len(empty)  # class folders holding at least one image
+    if expected is not None and found != expected:
+        problems.append(f'{task}: {found} classes in {task_dir}, NUM_CLASSES is {expected}')
+    return problems, classes
+
+
+def _task_problems(data_root, task, expected, splits):
+    """Every problem of one task's folders, over all splits."""
+    problems, classes_of = [], {}
+    for split in splits:
+        task_dir = os.path.join(data_root, split, task)
+        found, classes = _split_problems(task, task_dir, expected)
+        problems += found
+        if classes is not None:
+            classes_of[task_dir] = classes
+    # The loaders label classes by sorted folder name: every split must have the same names.
+    dirs = list(classes_of)
+    for task_dir in dirs[1:]:
+        first, here = classes_of[dirs[0]], classes_of[task_dir]
+        if here != first:
+            only = [f'{name} only in {dirs[0]}' for name in sorted(set(first) - set(here))]
+            only += [f'{name} only in {task_dir}' for name in sorted(set(here) - set(first))]
+            problems.append(f'{task}: class folders differ between splits ({", ".join(only)})')
+    return problems
+
+
+def data_problems(data_root, tasks, num_classes, splits=('train', 'test')):
+    """Every problem of the tasks' folders under `<data_root>/<split>/<task>/<class>/`."""
+    problems = []
+    if not tasks:
+        problems.append('no tasks given (TASKS is empty)')
+    if not os.path.isdir(data_root):
+        return problems + [f'no data folder {data_root}']
+    present = []
+    for split in splits:
+        split_dir = os.path.join(data_root, split)
+        if os.path.isdir(split_dir):
+            present.append(split)
+        else:
+            problems.append(f'no folder {split_dir}')  # once, not once per task
+    counts = {}
+    for task in tasks:
+        counts[task] = counts.get(task, 0) + 1
+    for task, count in counts.items():
+        if count > 1:
+            problems.append(f'{task}: listed {count} times in TASKS')
+        problems += _task_problems(data_root, task, _expected_classes(num_classes, task), present)
+    return problems
+
+
+def goal_problems(goals_file, tasks):
+    """A goal file that is missing or unreadable, or each task without a goal in it."""
+    if not os.path.isfile(goals_file):
+        return [f'no goal file {goals_file}']
+    try:
+        goals = read_goals(goals_file)  # the parser the training stages use
+    except CPGError:
+        return [f'cannot read goal file {goals_file} (not a JSON object of task -> accuracy)']
+    except (OSError, TypeError) as exc:  # no read permission; a null or list value
+        return [f'cannot read goal file {goals_file} ({exc})']
+    return [f'{task}: no goal in {goals_file}' for task in dict.fromkeys(tasks) if task not in goals]
+
+
+def check_tasks(data_root, tasks, num_classes, goals_file=None, splits=('train', 'test')):
+    """Every problem of `tasks`, one string each (empty: all is well).
+
+    num_classes: an int for every task, a {task: int} mapping, or None (no count check).
+    goals_file: when given, every task needs a goal in it.
+    """
+    problems = data_problems(data_root, tasks, num_classes, splits)
+    if goals_file is not None:
+        problems += goal_problems(goals_file, tasks)
+    return problems
+
+
+def error_line(data, goals):
+    """The one stderr line: every problem, then what to do."""
+    hints = [hint for hint, needed in ((DATA_HINT, data), (GOAL_HINT, goals)) if needed]
+    line = f'error: preflight: {"; ".join(data + goals)}; to fix: {", and ".join(hints)}; nothing was trained'
+    return line.replace('\n', ' ')
+
+
+def check_args(parser, args):
+    """Reject class counts that cannot be checked (one line, exit 1)."""
+    if len(args.num_classes) not in (1, len(args.tasks)):
+        parser.error(f'{len(args.num_classes)} values of --num_classes for {len(args.tasks)} tasks; '
+                     f'give one value, or one per task')
+    if min(args.num_classes) < 1:
+        parser.error(f'--num_classes (NUM_CLASSES) must be at least 1, got {min(args.num_classes)}')
+
+
+def main(args):
+    num_classes = args.num_classes[0]
+    if len(args.num_classes) > 1:
+        num_classes = dict(zip(args.tasks, args.num_classes))
+    data = data_problems(args.data_root, args.tasks, num_classes, tuple(args.splits))
+    goals = goal_problems(args.goals_file, args.tasks) if args.goals_file is not None else []
+    if data or goals:
+        sys.stderr.write(error_line(data, goals) + '\n')
+        return 1
+    classes = f'{num_classes} classes each' if isinstance(num_classes, int) else 'class counts as given'
+    goal_note = f', goals in {args.goals_file}' if args.goals_file is not None else ''
+    count = len(args.tasks)
+    print(f'preflight: {count} task{"s" if count != 1 else ""} OK ({args.data_root}: '
+          f'{"/".join(args.splits)}, {classes}{goal_note})')
+    return 0
+
+
+if __name__ == '__main__':
+    parser = get_args_parser()
+    args = parser.parse_args()
+    check_args(parser, args)
+    sys.exit(main(args))
