@@ -163,10 +163,20 @@ class CifarTasks:
 
 
 def resolve_device(name):
+    """--device as a torch device name; one clear error for a device this machine cannot run."""
     if name == 'auto':
         return 'cuda' if torch.cuda.is_available() else 'cpu'
-    if name.startswith('cuda') and not torch.cuda.is_available():
-        raise CPGError(f'--device {name} asked for CUDA but none is available; use --device cpu or auto')
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise CPGError(f'--device {name!r} is not a device; use auto, cpu, cuda or cuda:N') from None
+    if device.type == 'cuda':
+        if not torch.cuda.is_available():
+            raise CPGError(f'--device {name} asked for CUDA but none is available; use --device cpu or auto')
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise CPGError(f'--device {name}: only {count} CUDA device(s) are visible '
+                           f'(cuda:0..cuda:{count - 1}); use one of them or --device auto')
     return name
 
 

@@ -362,8 +362,8 @@ class PerTask(nn.Module):
         self.per_task = nn.ModuleDict()
         self.active_task = None
 
-    def add_task(self, task, num_features, copy_from=None):
-        module = self.factory(num_features).to(self._device())
+    def add_task(self, task, num_features, copy_from=None, device=None):
+        module = self.factory(num_features).to(device if device is not None else self._device())
         if copy_from is not None:
             copy_leading_(module, self.per_task[str(copy_from)])
         self.per_task[str(task)] = module

@@ -75,13 +75,14 @@ class MultiTaskNet(nn.Module):
             self.widen(multiplier)
         task = len(self.tasks) + 1
         prev = task - 1 if task > 1 else None
+        # the shared weights' device: the first task's norms and head have nothing to copy from
+        device = next(self.parameters()).device
         shapes = self.layer_shapes(multiplier)
         for lname, layer in self.masked_layers():
             layer.add_task(task, *shapes[lname], copy_bias_from=prev)
         widths = self.per_task_widths(multiplier)
         for mname, module in self.per_task_modules():
-            module.add_task(task, widths[mname], copy_from=prev)
-        device = next(self.parameters()).device
+            module.add_task(task, widths[mname], copy_from=prev, device=device)
         self.heads[str(task)] = self.make_head(self.head_in_features(multiplier), num_classes).to(device)
         self.tasks.append({'name': name, 'num_classes': num_classes, 'multiplier': multiplier})
         return task

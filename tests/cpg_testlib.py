@@ -207,7 +207,8 @@ class TensorTasks:
 
 
 def stage_args(argv, **flags):
-    """CPG_cifar100_main's parsed and checked args for `argv` plus --key value for each flag.
+    """CPG_cifar100_main's parsed and checked args for `argv` plus --key value for each flag
+    (--key alone for a value of True).
 
     Through get_args_parser, so flags a test does not name keep their defaults; --device is the
     test device unless given.
@@ -216,11 +217,31 @@ def stage_args(argv, **flags):
     argv = list(argv)
     flags.setdefault('device', DEVICE)
     for key, value in flags.items():
-        argv += [f'--{key}', str(value)]
+        argv += [f'--{key}'] if value is True else [f'--{key}', str(value)]  # True: a bare switch
     parser = cli.get_args_parser()
     args = parser.parse_args(argv)
     cli.check_args(parser, args)
     return args
+
+
+def toy_stage_args(toy_data, goals, mode, save_folder, load_folder=None, epochs=2, **flags):
+    """Stage args on the toy data at the tiny width; the resume file is written after every epoch
+    (so that interruptions resume), the train-accuracy gate is off."""
+    settings = dict(dataset='toy_task_2', data_root=toy_data, save_folder=save_folder, epochs=epochs,
+                    base_width=TINY, workers=0, batch_size=64, baseline_acc_file=goals,
+                    train_acc_gate=0, lr_mask=0.01, resume_every_minutes=0)
+    if load_folder:
+        settings['load_folder'] = load_folder
+    settings.update(flags)
+    return stage_args(['--mode', mode], **settings)
+
+
+def load_tool(name):
+    """Import tools/<name>.py as a module (tools/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, 'tools', f'{name}.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def make_toy_data(out, tasks=3, train=300, test=40, **flags):

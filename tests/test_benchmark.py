@@ -1,9 +1,10 @@
 """Smoke test of tools/benchmark.py on a tiny configuration: it runs and its JSON has every figure.
 
 Timing is the script's business, not the tests': no ratio is asserted against its target here.
+The smoke run stays on the CPU whatever CPG_TEST_DEVICE says (it checks the CPU notes); the CUDA
+benchmark is run by hand (README "Speed, size, multi-GPU").
 """
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -11,7 +12,7 @@ import sys
 
 import pytest
 
-from cpg_testlib import subprocess_env
+from cpg_testlib import load_tool, subprocess_env
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RATIO_KEYS = {'train_task1', 'train_prune', 'train_taskk', 'inference'}
@@ -31,6 +32,7 @@ def quick_run(tmp_path_factory):
     return proc, json.loads(out.read_text())
 
 
+@pytest.mark.slow  # the benchmark runs as a subprocess
 def test_quick_benchmark_writes_all_figures(quick_run):
     proc, result = quick_run
     assert 'train task 1' in proc.stdout and 'ignored on CPU' in proc.stdout
@@ -48,6 +50,7 @@ def test_quick_benchmark_writes_all_figures(quick_run):
         assert per['prune_updates_timed'] >= 1  # the timed prune steps include a mask update
 
 
+@pytest.mark.slow  # the benchmark runs as a subprocess
 def test_bytes_per_weight_report_the_exported_file(quick_run):
     proc, result = quick_run
     assert set(result['bytes_per_weight']) == {'2', '20'}
@@ -66,6 +69,7 @@ def test_bytes_per_weight_report_the_exported_file(quick_run):
     assert '4+T/8' in proc.stdout and 'owner ids 5 bits' in proc.stdout
 
 
+@pytest.mark.slow  # the benchmark runs as a subprocess
 def test_epoch_figures(quick_run):
     proc, result = quick_run
     epoch = result['epoch']
@@ -84,15 +88,8 @@ def test_epoch_figures(quick_run):
     assert 'finetune task 2 epoch' in proc.stdout and 'dense epoch' in proc.stdout  # the log lines
 
 
-def _load_benchmark():
-    spec = importlib.util.spec_from_file_location('benchmark', os.path.join(REPO, 'tools', 'benchmark.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_epoch_data_takes_root_slash_task_or_a_root(tmp_path):
-    bench = _load_benchmark()
+    bench = load_tool('bench_epoch')
     root = tmp_path / 'data'
     for task in ('b_task', 'a_task'):
         (root / 'train' / task / 'class_0').mkdir(parents=True)

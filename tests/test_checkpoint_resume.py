@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import CPG_cifar100_main as cli
-from cpg_testlib import (DEVICE, begin_all, end_all, fixed_inputs, learn_task, make_toy_data, stage_args,
-                         task_logits, tiny_model, train_steps)
+from cpg_testlib import (DEVICE, begin_all, end_all, fixed_inputs, learn_task, make_toy_data,
+                         task_logits, tiny_model, toy_stage_args, train_steps)
 from models.layers import PICK_THRESHOLD, owner_dtype, pack_bits, unpack_bits
 from utils.checkpoint import (checkpoint_metadata, frozen_state_dict, load_checkpoint,
                               model_from_checkpoint, read_sidecar, save_checkpoint)
@@ -148,17 +148,6 @@ def test_loading_bad_files_gives_one_clear_error(tmp_path):
 
 
 # ----- resume through the CLI, in process --------------------------------------------------------
-def _args(toy_data, goals, mode, save_folder, load_folder=None, epochs=2, **flags):
-    """Stage args on the toy data; the resume file is written after every epoch (interruptions)."""
-    settings = dict(dataset='toy_task_2', data_root=toy_data, save_folder=save_folder, epochs=epochs,
-                    base_width=0.0625, workers=0, batch_size=64, baseline_acc_file=goals,
-                    train_acc_gate=0, lr_mask=0.01, resume_every_minutes=0)
-    if load_folder:
-        settings['load_folder'] = load_folder
-    settings.update(flags)
-    return stage_args(['--mode', mode], **settings)
-
-
 def _assert_same_checkpoint(path_a, path_b):
     a = torch.load(path_a, map_location='cpu', weights_only=True)
     b = torch.load(path_b, map_location='cpu', weights_only=True)
@@ -207,7 +196,7 @@ def task1(toy_data, tmp_path_factory):
     with open(goals, 'w') as f:
         json.dump({'toy_task_1': '0.0000', 'toy_task_2': '0.0000'}, f)
     t1 = str(tmp / 't1' / 'scratch')
-    assert cli.main(_args(toy_data, goals, 'finetune', t1, epochs=1, dataset='toy_task_1')) == 0
+    assert cli.main(toy_stage_args(toy_data, goals, 'finetune', t1, epochs=1, dataset='toy_task_1')) == 0
     return goals, t1
 
 
@@ -217,8 +206,8 @@ def test_interrupted_phases_resume_to_identical_results(toy_data, task1, tmp_pat
     # Phase A of task 2 (SGD + Adam on the pick mask), grown to 1.5 so that it owns weights
     a_dir, b_dir = str(tmp_path / 'A' / 'scratch'), str(tmp_path / 'B' / 'scratch')
     grow = dict(network_width_multiplier=1.5)
-    status_a = cli.main(_args(toy_data, goals, 'finetune', a_dir, t1, **grow))
-    status_b = _interrupted_then_resumed(monkeypatch, _args(toy_data, goals, 'finetune', b_dir, t1, **grow))
+    status_a = cli.main(toy_stage_args(toy_data, goals, 'finetune', a_dir, t1, **grow))
+    status_b = _interrupted_then_resumed(monkeypatch, toy_stage_args(toy_data, goals, 'finetune', b_dir, t1, **grow))
     assert status_a == status_b == 0
     _assert_same_checkpoint(os.path.join(a_dir, 'checkpoint.pth.tar'),
                             os.path.join(b_dir, 'checkpoint.pth.tar'))
@@ -232,8 +221,8 @@ def test_interrupted_phases_resume_to_identical_results(toy_data, task1, tmp_pat
     prune = dict(initial_sparsity=0.0, target_sparsity=0.5, pruning_interval=2, pruning_frequency=5,
                  lr=1e-3)
     pa, pb = str(tmp_path / 'A' / 'prune'), str(tmp_path / 'B' / 'prune')
-    assert cli.main(_args(toy_data, goals, 'prune', pa, a_dir, **prune)) == 0
-    assert _interrupted_then_resumed(monkeypatch, _args(toy_data, goals, 'prune', pb, a_dir, **prune)) == 0
+    assert cli.main(toy_stage_args(toy_data, goals, 'prune', pa, a_dir, **prune)) == 0
+    assert _interrupted_then_resumed(monkeypatch, toy_stage_args(toy_data, goals, 'prune', pb, a_dir, **prune)) == 0
     _assert_same_checkpoint(os.path.join(pa, 'checkpoint.pth.tar'), os.path.join(pb, 'checkpoint.pth.tar'))
     pruned = model_from_checkpoint(load_checkpoint(pa))
     for _, layer in pruned.masked_layers():
@@ -244,8 +233,8 @@ def test_interrupted_phases_resume_to_identical_results(toy_data, task1, tmp_pat
         raise AssertionError('a finished phase must not train again')
 
     monkeypatch.setattr(Manager, 'train_epoch', no_training)
-    assert cli.main(_args(toy_data, goals, 'finetune', a_dir, t1, **grow)) == status_a
-    assert cli.main(_args(toy_data, goals, 'prune', pa, a_dir, **prune)) == 0
+    assert cli.main(toy_stage_args(toy_data, goals, 'finetune', a_dir, t1, **grow)) == status_a
+    assert cli.main(toy_stage_args(toy_data, goals, 'prune', pa, a_dir, **prune)) == 0
 
 
 def test_exit_statuses_no_capacity_and_train_accuracy_gate(toy_data, task1, tmp_path):
@@ -253,7 +242,7 @@ def test_exit_statuses_no_capacity_and_train_accuracy_gate(toy_data, task1, tmp_
     whose train accuracy is not above the gate saves nothing and records nothing (spec §3.7)."""
     goals, t1 = task1
     full = str(tmp_path / 'full' / 'scratch')
-    assert cli.main(_args(toy_data, goals, 'finetune', full, t1, epochs=1)) == 5
+    assert cli.main(toy_stage_args(toy_data, goals, 'finetune', full, t1, epochs=1)) == 5
     result = json.load(open(os.path.join(full, 'result.json')))
     assert result['status'] == 5
     model = model_from_checkpoint(load_checkpoint(full))
@@ -261,7 +250,7 @@ def test_exit_statuses_no_capacity_and_train_accuracy_gate(toy_data, task1, tmp_
 
     record = str(tmp_path / 'record.txt')
     stage = str(tmp_path / 'stage')
-    status = cli.main(_args(toy_data, goals, 'prune', stage, t1, epochs=1, dataset='toy_task_1',
+    status = cli.main(toy_stage_args(toy_data, goals, 'prune', stage, t1, epochs=1, dataset='toy_task_1',
                             train_acc_gate=1.0, target_sparsity=0.5, lr=1e-3,
                             pruning_ratio_to_acc_record_file=record))
     assert status == 6

@@ -24,11 +24,6 @@ CHOOSER = os.path.join(REPO, 'tools', 'choose_appropriate_pruning_ratio_for_next
 # index past the visible GPUs (cuda:1 on a one-GPU machine), so the case runs on every machine.
 UNUSABLE_CUDA = f'cuda:{torch.cuda.device_count()}'
 
-# Cases whose stderr also holds tqdm's progress bars (image decoding, training), so it is not one
-# line: the production fix is pending. For them the test checks everything else, then expects the
-# stderr check to fail; once it passes, the test fails and asks for the case to be removed here.
-STDERR_FIX_PENDING = {'wrong_num_classes', 'diverging_loss'}
-
 
 def _cases(tmp, data):
     """name -> (argv, expected exit, strings the error line must contain)."""
@@ -113,8 +108,7 @@ CASE_NAMES = ['corrupt_checkpoint', 'truncated_checkpoint', 'missing_checkpoint_
               'missing_data_folder', 'unknown_task', 'task_without_goal', 'missing_goal_file',
               'corrupt_goal_file', 'inference_unknown_task', 'wrong_num_classes',
               'unusable_cuda_device', 'bad_device_name', 'diverging_loss', 'prune_without_load_folder',
-              'bad_sparsities',
-              'unknown_flag', 'bad_choice', 'chooser_missing_goal_file']
+              'bad_sparsities', 'unknown_flag', 'bad_choice', 'chooser_missing_goal_file']
 # one case per way an error leaves the process: a CPGError in main(), exit 3, the CUDA check,
 # argparse, a helper tool, a stage failing mid-training
 SUBPROCESS_CASES = ['corrupt_checkpoint', 'missing_data_folder', 'missing_goal_file',
@@ -161,21 +155,9 @@ def _in_process(argv, capsys):
     return rc, captured.out, captured.err
 
 
-# Cases that end in a traceback today; the production fix is pending (strict: they must fail).
-PENDING = {
-    'bad_device_name': pytest.mark.xfail(
-        strict=True, reason="resolve_device passes '--device gpu' on; torch.device() raises later"),
-    'unusable_cuda_device': pytest.mark.xfail(
-        torch.cuda.is_available(), strict=True,
-        reason='resolve_device accepts cuda:N past the visible GPUs; CUDA fails later'),
-}
-
-
 def _params():
-    params = [pytest.param(name, 'in_process', id=name, marks=[PENDING[name]] if name in PENDING else [])
-              for name in CASE_NAMES]
-    params += [pytest.param(name, 'subprocess', id=f'{name}-subprocess',
-                            marks=[pytest.mark.slow] + ([PENDING[name]] if name in PENDING else []))
+    params = [pytest.param(name, 'in_process', id=name) for name in CASE_NAMES]
+    params += [pytest.param(name, 'subprocess', id=f'{name}-subprocess', marks=pytest.mark.slow)
                for name in SUBPROCESS_CASES]
     return params
 
@@ -198,11 +180,6 @@ def test_error_is_one_clear_line_with_the_right_status(cli_cases, case, how, cap
 
     # the whole stderr is that one line (splitlines also splits tqdm's carriage returns)
     stderr_is_one_line = len(stderr.splitlines()) == 1 and all(n in stderr for n in needles)
-    if case in STDERR_FIX_PENDING:
-        assert not stderr_is_one_line, (f'{case}: stderr is one line now; remove it from '
-                                        f'STDERR_FIX_PENDING')
-        pytest.xfail(f'{case}: tqdm progress bars on stderr before the error line '
-                     f'({len(stderr.splitlines())} lines); production fix pending')
     assert stderr_is_one_line, f'{case}: stderr must be exactly the error line, got {stderr[-2000:]!r}'
 
 

@@ -1,6 +1,5 @@
 """Compact checkpoints (spec §12 item 4): packed picks, small owner ids, the export tool, file size."""
 
-import importlib.util
 import io
 import math
 import os
@@ -20,7 +19,7 @@ import models  # noqa: E402
 from models import build_model  # noqa: E402
 from models.layers import owner_dtype  # noqa: E402
 from models.vgg import VGGCifar  # noqa: E402
-from cpg_testlib import subprocess_env  # noqa: E402
+from cpg_testlib import load_tool, subprocess_env  # noqa: E402
 from utils.checkpoint import (checkpoint_metadata, load_checkpoint, model_from_checkpoint,  # noqa: E402
                               save_checkpoint)
 from utils.compact import (expand_compact_state, owner_bits, pack_owner_ids,  # noqa: E402
@@ -30,16 +29,8 @@ from utils.manager import build_weight_optimizer  # noqa: E402
 from utils.picker import build_pick_optimizer  # noqa: E402
 
 
-def _load_tool(name):
-    """Import tools/<name>.py as a module (tools/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, 'tools', f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-export_tool = _load_tool('export')
-bench = _load_tool('benchmark')
+export_tool = load_tool('export')
+bench = load_tool('bench_lib')
 
 ARCH = 'custom_vgg_cifar100'
 WIDTH = 0.0625
@@ -197,7 +188,8 @@ def test_export_of_resume_file_strips_extras_and_reproduces_every_task(tmp_path,
     out = str(tmp_path / 'deploy' / 'model.pth.tar')
     assert export_tool.main(export_tool.get_args_parser().parse_args(['--checkpoint', resume, '--out', out])) == 0
     ckpt = load_checkpoint(out)
-    assert set(ckpt) == set(checkpoint_metadata(model, ARCH)) | {'model', 'owner_bits'}  # no sgd/adam/epoch
+    # no sgd/adam/epoch
+    assert set(ckpt) == set(checkpoint_metadata(model, ARCH)) | {'model', 'owner_bits', 'checkpoint_id'}
     assert not any('pick_score' in key for key in ckpt['model'])
     assert os.path.getsize(out) < os.path.getsize(resume)
     exported = model_from_checkpoint(ckpt)
@@ -221,6 +213,7 @@ def test_export_of_folder_with_frozen_checkpoint(tmp_path, three_tasks):
         assert torch.equal(want, got)
 
 
+@pytest.mark.slow  # starts processes
 @pytest.mark.parametrize('kind', ['missing', 'corrupt'])
 def test_export_bad_input_is_one_line_and_exit_1(tmp_path, kind):
     source = tmp_path / 'checkpoint.pth.tar'

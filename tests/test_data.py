@@ -1,7 +1,6 @@
 """Tests of the data tools (toy generator, CIFAR converter) and the task dataset/loaders."""
 
 import argparse
-import importlib.util
 import io
 import os
 import pickle
@@ -21,6 +20,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
+from cpg_testlib import load_tool  # noqa: E402
 from utils.cifar100_config import CIFAR100_TASKS, NORM_STATS  # noqa: E402
 from utils.cifar100_dataset import (TaskImageFolder, channel_stats, get_loaders,  # noqa: E402
                                     task_normalization)
@@ -28,16 +28,8 @@ from utils.data import make_loader  # noqa: E402
 from utils.errors import CPGError  # noqa: E402
 
 
-def _load_tool(name):
-    """Import tools/<name>.py as a module (tools/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, 'tools', f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-toy = _load_tool('make_toy_data')
-converter = _load_tool('cifar100_to_png')
+toy = load_tool('make_toy_data')
+converter = load_tool('cifar100_to_png')
 
 
 def _make_toy(out, **overrides):
@@ -186,6 +178,7 @@ def test_converter_folder_and_rerun(tmp_path, fake_cifar):
     assert mtimes == {p: os.path.getmtime(os.path.join(first, p)) for p in _read_tree(first)}
 
 
+@pytest.mark.slow  # starts processes
 @pytest.mark.parametrize('kind', ['missing', 'garbage'])
 def test_converter_bad_archive(tmp_path, kind):
     """A missing or non-archive file exits 1 with a single stderr line and no traceback."""
@@ -336,6 +329,7 @@ class _RandomDraws(torch.utils.data.Dataset):
         return torch.tensor([float(torch.rand(1)), np.random.rand(), random.random()])
 
 
+@pytest.mark.slow  # starts processes
 def test_make_loader_workers_seeded_and_distinct():
     """With workers, all three RNGs repeat under one seed and differ between workers."""
     def draws(seed):

@@ -51,7 +51,7 @@ def _train_loader(root, workers, dist=None):
     return dist.loaders(root, TASK, 4, 10, workers, 'cpu', SEED)[0]
 
 
-@pytest.mark.parametrize('workers', [0, 2])
+@pytest.mark.parametrize('workers', [0, pytest.param(2, marks=pytest.mark.slow)])  # 2: worker processes
 def test_epoch_batches_depend_only_on_seed_and_epoch(small_toy, workers):
     """Epochs 0..3 in one loader, then epoch 3 alone in a fresh one: bitwise the same batches."""
     loader = _train_loader(small_toy, workers)
@@ -65,6 +65,7 @@ def test_epoch_batches_depend_only_on_seed_and_epoch(small_toy, workers):
         assert not torch.equal(torch.cat([y for _, y in a]), torch.cat([y for _, y in b]))
 
 
+@pytest.mark.slow  # starts processes
 def test_distributed_rank_loader_resumes_exactly(small_toy):
     """A rank's loader (DistributedSampler shard, workers) repeats epoch 3 alone as well."""
     dist = Distributed(rank=1, local_rank=1, world_size=2, device='cpu', backend='gloo')
@@ -87,6 +88,7 @@ class _Draws(Dataset):
         return torch.tensor([float(torch.rand(1)), np.random.rand(), random.random()])
 
 
+@pytest.mark.slow  # starts processes
 def test_worker_streams_follow_seed_epoch_rank_and_worker():
     """Each (epoch, rank, worker) has its own stream in every RNG, and it is reproducible."""
     def draws(rank, epoch):

@@ -8,8 +8,7 @@ import os
 import pytest
 import torch
 
-from cli_testlib import DEVICE, load_tool
-from cpg_testlib import begin_all, fixed_inputs, learn_task, task_logits, tiny_model
+from cpg_testlib import DEVICE, begin_all, fixed_inputs, load_tool, learn_task, task_logits, tiny_model
 from utils.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 
 ARCH = 'custom_vgg_cifar100'

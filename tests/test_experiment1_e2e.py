@@ -162,8 +162,10 @@ KILL_POINTS = [
      lambda r: _file(r, 'toy_task_2', 'width').exists()
      and _file(r, 'toy_task_2', 'width').read_text().strip() == '1.5'
      and _file(r, 'toy_task_2', 'scratch', 'resume.pth.tar').exists(), 0.5),
-    ('pruning_stage', 'toy_task_2', lambda r: _file(r, 'toy_task_2', 'gradual_prune', '0.5', 'log.jsonl').exists(), 0.3),
-    ('after_ratio_choice', 'toy_task_2', lambda r: _file(r, 'toy_task_2', 'gradual_prune', 'chosen.json').exists(), 0.0),
+    ('pruning_stage', 'toy_task_2',
+     lambda r: _file(r, 'toy_task_2', 'gradual_prune', '0.5', 'log.jsonl').exists(), 0.3),
+    ('after_ratio_choice', 'toy_task_2',
+     lambda r: _file(r, 'toy_task_2', 'gradual_prune', 'chosen.json').exists(), 0.0),
     ('retrain', 'toy_task_2', lambda r: _file(r, 'toy_task_2', 'retrain', 'log.jsonl').exists(), 0.3),
     ('before_done', 'toy_task_2', lambda r: _file(r, 'toy_task_2', 'retrain', 'promoted.json').exists(), 0.0),
     ('before_done', 'toy_task_3', lambda r: _file(r, 'toy_task_3', 'retrain', 'promoted.json').exists(), 0.0),
@@ -183,7 +185,8 @@ def _where(root, task):
         return 'after_ratio_choice'
     if glob.glob(str(_file(root, task, 'gradual_prune', '*', 'log.jsonl'))):
         return 'pruning_stage'
-    if t('scratch', 'result.json') and json.loads(_file(root, task, 'scratch', 'result.json').read_text())['status'] == 0:
+    phase_a = _file(root, task, 'scratch', 'result.json')
+    if phase_a.exists() and json.loads(phase_a.read_text())['status'] == 0:
         return 'after_phase_a'
     width = _file(root, task, 'width')
     return f'phase_a_at_{width.read_text().strip()}' if width.exists() else 'not_started'

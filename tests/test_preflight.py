@@ -1,6 +1,5 @@
 """tools/preflight.py: every task's folders, class counts and goals are checked before any training,
 and every problem is reported at once, in one line (README "Preflight")."""
-import importlib.util
 import json
 import os
 import shutil
@@ -10,7 +9,7 @@ import time
 
 import pytest
 
-from cpg_testlib import subprocess_env
+from cpg_testlib import load_tool, subprocess_env
 from utils.cifar100_dataset import TaskImageFolder
 from utils.errors import CPGError
 
@@ -18,16 +17,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TASKS = ['toy_task_1', 'toy_task_2', 'toy_task_3']
 
 
-def _load_tool(name):
-    """Import tools/<name>.py as a module (tools/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, 'tools', f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-preflight = _load_tool('preflight')
-toy = _load_tool('make_toy_data')
+preflight = load_tool('preflight')
+toy = load_tool('make_toy_data')
 
 
 @pytest.fixture()
@@ -172,6 +163,7 @@ def _cli(*argv):
                           capture_output=True, text=True, cwd=REPO, env=subprocess_env(), timeout=120)
 
 
+@pytest.mark.slow  # starts processes
 def test_cli_ok(data):
     root, goals = data
     proc = _cli('--data_root', str(root), '--num_classes', '5', '--tasks', *TASKS, '--goals_file', str(goals))
@@ -179,6 +171,7 @@ def test_cli_ok(data):
     assert proc.stdout.startswith('preflight: 3 tasks OK (') and len(proc.stdout.splitlines()) == 1
 
 
+@pytest.mark.slow  # starts processes
 def test_cli_reports_every_problem_in_one_line(data):
     root, goals = data
     shutil.rmtree(root / 'test' / 'toy_task_2' / 'class_4')
@@ -211,6 +204,7 @@ def test_cli_bad_flags(tmp_path, capsys, argv, message):
 
 
 # ----- the experiment scripts stop before any training -------------------------------------------------
+@pytest.mark.slow  # starts processes
 @pytest.mark.parametrize('script', ['CPG_cifar100_scratch_mul_1.5.sh', 'baseline_cifar100.sh'])
 def test_scripts_stop_before_training(data, tmp_path, script):
     """TASKS with a task that has no data and one without goal: the script stops at once, naming both."""

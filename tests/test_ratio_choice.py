@@ -1,25 +1,17 @@
 """Choosing the sparsity to keep (spec §3.4), record.txt (§4.3) and the must-prune rule (§3.3)."""
-import importlib.util
 import json
 import os
 
 import pytest
 
-from cpg_testlib import REPO, tiny_model
+from cpg_testlib import load_tool, tiny_model
 from utils.checkpoint import save_checkpoint
 from utils.errors import CPGError
 from utils.phases import must_prune_sparsity
 from utils.records import GoalFileMissing, read_record, reset_record, write_record
 
 
-def _load_tool(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, 'tools', f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-chooser = _load_tool('choose_appropriate_pruning_ratio_for_next_task')
+chooser = load_tool('choose_appropriate_pruning_ratio_for_next_task')
 choose_ratio = chooser.choose_ratio
 
 

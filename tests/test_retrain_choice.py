@@ -1,8 +1,8 @@
 """Retrain must beat the pruned model (README ★ difference): the real retrain phase + the chooser.
 
-The pruned model's recorded accuracy is what a retrained epoch must beat. Setting it to an
-unbeatable 1.01 (or a trivially beaten -1.0) makes the outcome certain without depending on what
-a short toy retrain happens to reach.
+A retrained epoch must beat both the pruned model's recorded accuracy and the fresh pick mask's
+first validation. An unbeatable recorded 1.01 makes "worse" certain; a barely trained task 2 (at
+chance) retrained at a normal LR makes "better" certain.
 """
 import json
 import os
@@ -10,7 +10,7 @@ import os
 import pytest
 
 import CPG_cifar100_main as cli
-from cli_testlib import cli_args, load_tool
+from cpg_testlib import load_tool, toy_stage_args
 from utils.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 
 retrain_chooser = load_tool('choose_retrain_or_not')
@@ -24,9 +24,10 @@ def task2_model(toy_data, tmp_path_factory):
     with open(goals, 'w') as f:
         json.dump({'toy_task_1': '0.0000', 'toy_task_2': '0.0000'}, f)
     t1, t2 = str(tmp / 't1'), str(tmp / 't2')
-    assert cli.main(cli_args(toy_data, goals, 'finetune', t1, epochs=1, dataset='toy_task_1')) == 0
-    assert cli.main(cli_args(toy_data, goals, 'finetune', t2, t1, epochs=1,
-                             network_width_multiplier=1.5)) == 0
+    assert cli.main(toy_stage_args(toy_data, goals, 'finetune', t1, epochs=1, dataset='toy_task_1')) == 0
+    # task 2 barely trained (LR 1e-5): a retrain at a normal LR is sure to beat its accuracy
+    assert cli.main(toy_stage_args(toy_data, goals, 'finetune', t2, t1, epochs=1, lr=1e-5,
+                                   network_width_multiplier=1.5)) == 0
     return goals, t2
 
 
@@ -43,8 +44,8 @@ def _task_folder(tmp_path, t2, pruned_accuracy):
 
 
 def _retrain_and_choose(toy_data, goals, folder, chosen):
-    args = cli_args(toy_data, goals, 'finetune', str(folder / 'retrain'), str(chosen), epochs=2,
-                    finetune_again=None, retrain_patience=5, lr=1e-3, lr_mask=1e-4)
+    args = toy_stage_args(toy_data, goals, 'finetune', str(folder / 'retrain'), str(chosen), epochs=2,
+                          finetune_again=True, retrain_patience=5, lr=0.05, lr_mask=1e-3)
     assert cli.main(args) == 0
     result = json.loads((folder / 'retrain' / 'result.json').read_text())
     parsed = retrain_chooser.get_args_parser().parse_args(['--task_folder', str(folder)])
@@ -67,7 +68,7 @@ def test_a_worse_retrain_leaves_the_pruned_checkpoint_bytewise(toy_data, task2_m
 
 def test_a_better_retrain_replaces_the_pruned_checkpoint(toy_data, task2_model, tmp_path):
     goals, t2 = task2_model
-    folder, chosen, promoted = _task_folder(tmp_path, t2, pruned_accuracy=-1.0)
+    folder, chosen, promoted = _task_folder(tmp_path, t2, pruned_accuracy=0.0)
     before = promoted.read_bytes()
     result = _retrain_and_choose(toy_data, goals, folder, chosen)
     assert result['improved'] is True and result['accuracy'] >= 0.0

@@ -21,43 +21,31 @@ model and reports bytes per shared weight against 4 + T/8 (spec §12 item 4).
 """
 import argparse
 import gc
-import io
 import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # tools/: bench_lib, bench_epoch
 
+from bench_epoch import epoch_data_task, measure_epochs  # noqa: E402
+from bench_lib import (ARCH, NUM_CLASSES, dense_vgg, end_all, first_task, paired_ratio,  # noqa: E402
+                       second_task, simulate_tasks, size_report)
 from models import build_model  # noqa: E402
-from models.layers import PICK_INIT, PICK_THRESHOLD, scaled_width  # noqa: E402
-from models.vgg import FC_WIDTH, VGG16_CFG  # noqa: E402
-from utils.checkpoint import save_checkpoint  # noqa: E402
-from utils.cifar100_dataset import get_loaders  # noqa: E402
-from utils.compact import compact_state_dict, owner_bits, save_compact_checkpoint  # noqa: E402
-from utils.data import default_workers, make_loader  # noqa: E402
-from utils.errors import CPGError  # noqa: E402
-from utils.grower import assign_free_capacity  # noqa: E402
-from utils.logger import append_jsonl, setup_logger  # noqa: E402
-from utils.manager import Manager, build_weight_optimizer, set_lr  # noqa: E402
+from utils.manager import build_weight_optimizer  # noqa: E402
 from utils.picker import build_pick_optimizer  # noqa: E402
-from utils.pruner import GradualPruner, release_smallest  # noqa: E402
-from utils.stats import ownership_stats  # noqa: E402
+from utils.pruner import GradualPruner  # noqa: E402
 
-ARCH = 'custom_vgg_cifar100'
-NUM_CLASSES = 5
 WEIGHT_DECAY = 4e-5
 LR, LR_MASK = 1e-2, 5e-4
 PRUNE_FREQUENCY = 10
-EPOCH_BATCH, EPOCH_VAL_BATCH = 32, 100  # the paper's training batch; the entry script's evaluation batch
 TARGETS = {'train_task1': 1.05, 'train_prune': 1.10, 'train_taskk': 1.15, 'inference': 1.05,
            'epoch_taskk': 1.10}
 LABELS = {'train_task1': 'train task 1', 'train_prune': f'train prune (every {PRUNE_FREQUENCY})',
@@ -96,154 +84,6 @@ def get_args_parser():
     parser.add_argument('--epoch_repeats', type=int, default=2, help=argparse.SUPPRESS)  # timed epochs each
     parser.add_argument('--epoch_warmup', type=int, default=5, help=argparse.SUPPRESS)  # warm-up batches
     return parser
-
-
-# --------------------------------------------------------------------------------------------------
-# Models
-# --------------------------------------------------------------------------------------------------
-def dense_vgg(base_width, num_classes=NUM_CLASSES):
-    """The same VGG16-BN from plain modules: what CPG's masking is compared with."""
-    layers, in_ch = [], 3
-    for v in VGG16_CFG:
-        if v == 'M':
-            layers.append(nn.MaxPool2d(2, 2))
-            continue
-        out_ch = scaled_width(v, base_width, 1.0)
-        conv = nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=False)
-        nn.init.kaiming_normal_(conv.weight, mode='fan_out', nonlinearity='relu')
-        layers += [conv, nn.BatchNorm2d(out_ch), nn.ReLU(inplace=True)]
-        in_ch = out_ch
-    fc, std = scaled_width(FC_WIDTH, base_width, 1.0), 0.01 / base_width ** 0.5
-    layers += [nn.Flatten(), nn.Linear(in_ch, fc), nn.ReLU(inplace=True), nn.Linear(fc, fc),
-               nn.ReLU(inplace=True), nn.Linear(fc, num_classes)]
-    for module in layers:
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, 0.0, std)
-            nn.init.zeros_(module.bias)
-    return nn.Sequential(*layers)
-
-
-def begin_all(model, task, learn_pick=False, fixed_pick=False):
-    for _, layer in model.masked_layers():
-        layer.begin_phase(task, learn_pick=learn_pick, fixed_pick=fixed_pick, weight_decay=WEIGHT_DECAY)
-
-
-def end_all(model):
-    for _, layer in model.masked_layers():
-        layer.end_phase()
-
-
-def first_task(base_width, device, num_classes=NUM_CLASSES):
-    """Phase A of task 1 (no pick mask)."""
-    model = build_model(ARCH, base_width=base_width).to(device)
-    model.add_task('task1', num_classes)
-    assign_free_capacity(model, 1)
-    begin_all(model, 1)
-    model.set_task(1)
-    return model
-
-
-@torch.no_grad()
-def release_all(model, task, sparsity):
-    """Free `sparsity` of every layer's pool (task's + free entries) by magnitude, at once."""
-    for _, layer in model.masked_layers():
-        pool = int(((layer.owner == task) | (layer.owner == 0)).sum())
-        release_smallest(layer, task, sparsity, pool)
-
-
-def second_task(base_width, device, num_classes=NUM_CLASSES):
-    """Task 2 in Phase A over task 1 pruned to 50%: picks learned, weights gated by ownership."""
-    model = first_task(base_width, device, num_classes)
-    release_all(model, 1, 0.5)
-    end_all(model)
-    task = model.add_task('task2', num_classes)
-    assign_free_capacity(model, task)
-    begin_all(model, task, learn_pick=True)
-    model.set_task(task)
-    return model
-
-
-@torch.no_grad()
-def simulate_tasks(model, num_tasks, generator, snapshot=None):
-    """Learn `num_tasks` toy tasks without training: every task takes the free capacity, draws fresh
-    weights on it, picks ~half of the earlier tasks' entries and releases 50-90% of its pool by
-    magnitude (as the pruner would). snapshot(model, t) is called after each task."""
-    for _ in range(num_tasks):
-        task = model.add_task(f'toy{len(model.tasks) + 1}', NUM_CLASSES)
-        assign_free_capacity(model, task)
-        begin_all(model, task, learn_pick=task >= 2)
-        sparsity = 0.5 + 0.4 * float(torch.rand((), generator=generator))
-        for _, layer in model.masked_layers():
-            own = layer.owner == task
-            fresh = torch.randn(layer.weight.shape, generator=generator) * layer.weight.std()
-            layer.weight.copy_(torch.where(own, fresh.to(layer.weight.device), layer.weight))
-            if layer.pick_score is not None:  # uniform in [0, 2*threshold): about half picked
-                score = torch.rand(layer.weight.shape, generator=generator) * (2 * PICK_THRESHOLD)
-                old = (layer.owner >= 1) & (layer.owner < task)
-                layer.pick_score.copy_(torch.where(old, score.to(layer.weight.device), PICK_INIT))
-            pool = int((own | (layer.owner == 0)).sum())
-            release_smallest(layer, task, sparsity, pool)
-        end_all(model)
-        if snapshot is not None:
-            snapshot(model, task)
-    return model
-
-
-# --------------------------------------------------------------------------------------------------
-# Checkpoint size
-# --------------------------------------------------------------------------------------------------
-def _saved_bytes(tensors):
-    """Bytes torch.save spends on `tensors` (a dict), its per-tensor records included."""
-    buffer = io.BytesIO()
-    torch.save(tensors, buffer)
-    return buffer.getbuffer().nbytes
-
-
-def count_bytes(model):
-    """Bytes of the exported (packed-owner) state as the paper counts them, by category; per_task_file
-    is what the per-task tensors take in a file of their own (torch's per-tensor records included)."""
-    state = compact_state_dict(model)
-    shared = {f'{name}.{part}' for name, _ in model.masked_layers() for part in ('weight', 'owner_packed')}
-    counts = {'weights': 0, 'owner': 0, 'pick_bits': 0, 'per_task': 0}
-    per_task = {}
-    for key, value in state.items():
-        nbytes = value.numel() * value.element_size()
-        if key in shared:
-            counts['weights' if key.endswith('.weight') else 'owner'] += nbytes
-        elif '.pick_bits_' in key:
-            counts['pick_bits'] += nbytes
-        else:  # per-task BN, biases of the masked FCs, heads
-            counts['per_task'] += nbytes
-            per_task[key] = value
-    counts['per_task_file'] = _saved_bytes(per_task)
-    counts['shared_weights'] = sum(layer.weight.numel() for _, layer in model.masked_layers())
-    counts['total'] = counts['weights'] + counts['owner'] + counts['pick_bits'] + counts['per_task']
-    return counts
-
-
-def size_report(model, folder):
-    """Size of model's exported file (owner ids in owner_bits(T) bits) per shared weight against
-    the target: 4 + T/8 bytes per weight, +5% for the file format, plus the per-task norms, biases
-    and heads as stored. The training checkpoint (whole uint8 owner ids) is given for comparison."""
-    tasks = len(model.tasks)
-    path = os.path.join(folder, f'tasks{tasks}.pth.tar')
-    file_bytes = save_compact_checkpoint(path, model, ARCH)
-    training_bytes = save_checkpoint(path + '.training', model, ARCH, frozen=True)
-    counts = count_bytes(model)
-    n = counts['shared_weights']
-    bound = (4 + tasks / 8) * 1.05 + counts['per_task_file'] / n
-    report = {'tasks': tasks, 'file_bytes': file_bytes, 'bytes_per_weight': file_bytes / n,
-              'counted_bytes_per_weight': counts['total'] / n, 'four_plus_t_over_8': 4 + tasks / 8,
-              'bound_bytes_per_weight': bound, 'within_bound': file_bytes / n <= bound,
-              'breakdown_per_weight': {k: counts[k] / n for k in ('weights', 'owner', 'pick_bits', 'per_task')},
-              'per_task_file_bytes_per_weight': counts['per_task_file'] / n,
-              'training_file_bytes_per_weight': training_bytes / n,
-              'shared_weights': n, 'owner_bits': owner_bits(tasks),
-              'owner_dtype': str(model.masked_layers()[0][1].owner.dtype)}
-    for name in (path, path + '.training'):
-        os.remove(name)
-        os.remove(name + '.json')
-    return report
 
 
 # --------------------------------------------------------------------------------------------------
@@ -373,11 +213,6 @@ def amortized_prune(times, updated):
     return base + (statistics.median(upd) - base) / PRUNE_FREQUENCY, statistics.median(upd)
 
 
-def paired_ratio(cpg, dense):
-    """Median over rounds of cpg/dense within the round: robust to slow drift of the machine."""
-    return statistics.median(c / d for c, d in zip(cpg, dense))
-
-
 def measure_batch(bench, timer, size, steps, warmup):
     bench.new_pruner(steps, warmup)
     train, flags = run_rounds(timer, steps, warmup, {
@@ -408,233 +243,6 @@ def measure_batch(bench, timer, size, steps, warmup):
               'inference': ms['cpg_infer'] / ms['dense_infer']}
     return {'ratios': ratios, 'paired_ratios': paired, 'ms': ms, 'timed_steps': steps,
             'warmup_steps': warmup, 'prune_updates_timed': sum(bool(u) for u in flags['cpg_prune'])}
-
-
-# --------------------------------------------------------------------------------------------------
-# Whole epochs (--epoch)
-# --------------------------------------------------------------------------------------------------
-def epoch_data_task(spec):
-    """(root, task) named by --epoch_data: ROOT/TASK (ROOT/train/TASK exists), or ROOT (its first task)."""
-    path = os.path.normpath(spec)
-    train = os.path.join(path, 'train')
-    if os.path.isdir(train):
-        tasks = sorted(d for d in os.listdir(train) if os.path.isdir(os.path.join(train, d)))
-        if not tasks:
-            raise SystemExit(f'error: --epoch_data {spec}: no task folders in {train}')
-        return path, tasks[0]
-    root, task = os.path.split(path)
-    if not os.path.isdir(os.path.join(root, 'train', task)):
-        raise SystemExit(f'error: --epoch_data {spec}: neither {train} nor '
-                         f'{os.path.join(root, "train", task)} exists; give ROOT/TASK or ROOT of a '
-                         f'CIFAR-layout folder (ROOT/{{train,test}}/TASK/<class>/*.png)')
-    return root, task
-
-
-def generate_epoch_task(args, folder):
-    """A 5-class toy PNG task (tools/make_toy_data.py) under `folder`; returns (root, task)."""
-    root = os.path.join(folder, 'data')
-    proc = subprocess.run([sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                                        'make_toy_data.py'),
-                           '--out', root, '--tasks', '1', '--classes', str(NUM_CLASSES),
-                           '--train', str(args.epoch_train), '--test', str(args.epoch_test),
-                           '--seed', str(args.seed)], capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f'error: cannot generate the --epoch task: {proc.stderr.strip()}')
-    return root, 'toy_task_1'
-
-
-def seed_epoch(loader, seed, epoch):
-    """As the entry script: data order and augmentation depend only on (seed, epoch), so the dense
-    and the CPG epoch of the same index see the same batches."""
-    epoch_seed = seed * 100003 + epoch
-    loader.generator.manual_seed(epoch_seed)
-    torch.manual_seed(epoch_seed)
-
-
-class EpochRun:
-    """One model's epochs: train over the loader, validate, write the resume state, log a line."""
-
-    def __init__(self, name, loaders, folder, logger, device, seed):
-        self.name, self.logger, self.device, self.seed = name, logger, device, seed
-        self.train_loader, self.val_loader = loaders
-        self.resume = os.path.join(folder, f'{name}_resume.pth.tar')
-        self.log_jsonl = os.path.join(folder, f'{name}_log.jsonl')
-        self.epoch = 0
-
-    def run(self, train_loader=None, val_loader=None):
-        """One epoch (on other loaders for the warm-up); returns seconds per part and in total."""
-        train_loader = self.train_loader if train_loader is None else train_loader
-        val_loader = self.val_loader if val_loader is None else val_loader
-        seed_epoch(train_loader, self.seed, self.epoch)
-        sync = torch.cuda.synchronize if self.device.type == 'cuda' else (lambda: None)
-        marks = [time.perf_counter()]
-        train = self.train(train_loader)
-        sync()
-        marks.append(time.perf_counter())
-        val = self.validate(val_loader)
-        sync()
-        marks.append(time.perf_counter())
-        self.save(train, val)
-        marks.append(time.perf_counter())
-        self.log(train, val)
-        marks.append(time.perf_counter())
-        self.epoch += 1
-        parts = {part: b - a for part, a, b in zip(('train', 'validate', 'resume_write', 'log'), marks, marks[1:])}
-        return dict(parts, total=marks[-1] - marks[0])
-
-
-class DenseEpochs(EpochRun):
-    """The dense reference: what a plain training script does per epoch, with the same metrics."""
-
-    def __init__(self, model, amp, channels_last, **kw):
-        super().__init__('dense', **kw)
-        self.model, self.amp, self.channels_last = model, amp, channels_last
-        self.sgd = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9, nesterov=True,
-                                   weight_decay=WEIGHT_DECAY)
-
-    def _batches(self, loader):
-        for images, targets in loader:
-            images = images.to(self.device, non_blocking=True)
-            if self.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            yield images, targets.to(self.device, non_blocking=True)
-
-    def _autocast(self):
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
-
-    def train(self, loader):
-        self.model.train()
-        set_lr(self.sgd, LR)
-        sums, seen = torch.zeros(2, dtype=torch.float64, device=self.device), 0
-        for images, targets in self._batches(loader):
-            self.sgd.zero_grad(set_to_none=True)
-            with self._autocast():
-                output = self.model(images)
-                loss = F.cross_entropy(output, targets)
-            loss.backward()
-            self.sgd.step()
-            with torch.no_grad():  # metrics stay on the device until the epoch ends, as in Manager
-                sums += torch.stack([loss.detach().double() * targets.numel(),
-                                     (output.argmax(1) == targets).sum().double()])
-            seen += targets.numel()
-        loss_sum, correct = sums.tolist()
-        return {'loss': loss_sum / max(seen, 1), 'accuracy': correct / max(seen, 1)}
-
-    @torch.no_grad()
-    def validate(self, loader):
-        self.model.eval()
-        sums, seen = torch.zeros(2, dtype=torch.float64, device=self.device), 0
-        for images, targets in self._batches(loader):
-            output = self.model(images)  # no autocast, as Manager.validate
-            sums += torch.stack([F.cross_entropy(output, targets).double() * targets.numel(),
-                                 (output.argmax(1) == targets).sum().double()])
-            seen += targets.numel()
-        loss_sum, correct = sums.tolist()
-        return {'loss': loss_sum / max(seen, 1), 'accuracy': correct / max(seen, 1)}
-
-    def save(self, train, val):
-        tmp = f'{self.resume}.tmp'
-        torch.save({'model': self.model.state_dict(), 'optimizer': self.sgd.state_dict(),
-                    'epoch': self.epoch + 1, 'train': train, 'val': val}, tmp)
-        os.replace(tmp, self.resume)
-
-    def log(self, train, val):
-        self.logger.info('dense epoch %d | train loss %.4f acc %.2f%% | val loss %.4f acc %.2f%% | lr %s',
-                         self.epoch, train['loss'], 100 * train['accuracy'], val['loss'],
-                         100 * val['accuracy'], LR)
-        append_jsonl(self.log_jsonl, {'epoch': self.epoch, 'time': time.time(), 'train': train, 'val': val})
-
-
-class CPGEpochs(EpochRun):
-    """Task 2 (picking) as Phase A runs it: Manager epochs, save_checkpoint resume write, log line."""
-
-    def __init__(self, model, amp, channels_last, **kw):
-        super().__init__('cpg', **kw)
-        self.model, self.task = model, len(model.tasks)
-        self.sgd = build_weight_optimizer(model, self.task, LR)
-        self.adam = build_pick_optimizer(model, LR_MASK)
-        # progress bars off: they are display only, and the dense loop has none
-        self.manager = Manager(model, self.task, self.device, self.train_loader, self.val_loader,
-                               self.logger, show_progress=False, amp='bf16' if amp else None,
-                               channels_last=channels_last)
-
-    def train(self, loader):
-        set_lr(self.sgd, LR)
-        set_lr(self.adam, LR_MASK)
-        self.manager.train_loader = loader  # the warm-up runs on a few batches
-        return self.manager.train_epoch(self.epoch, [self.sgd, self.adam])[0]
-
-    def validate(self, loader):
-        return self.manager.validate(loader=loader)
-
-    def save(self, train, val):
-        save_checkpoint(self.resume, self.model, ARCH, frozen=False, signature={'benchmark': 'epoch'},
-                        epoch=self.epoch + 1, sgd=self.sgd.state_dict(), adam=self.adam.state_dict(),
-                        train=train, val=val)
-
-    def log(self, train, val):
-        stats = ownership_stats(self.model, self.task)  # what the entry script logs every epoch
-        self.logger.info('finetune task %d epoch %d | train loss %.4f acc %.2f%% | val loss %.4f acc %.2f%% '
-                         '| lr %s | sparsity %.4f | owned %.4f | free %.4f | picked %.4f | width %s',
-                         self.task, self.epoch, train['loss'], 100 * train['accuracy'], val['loss'],
-                         100 * val['accuracy'], {'lr': LR, 'lr_mask': LR_MASK}, stats['sparsity'],
-                         stats['owned_fraction'], stats['free_fraction'], stats['picked_fraction'],
-                         self.model.multiplier)
-        append_jsonl(self.log_jsonl, {'phase': 'finetune', 'task': self.task, 'epoch': self.epoch,
-                                      'time': time.time(), 'train': train, 'val': val, **stats})
-
-
-def measure_epochs(args, device, folder, data=None):
-    """Whole epochs of dense and CPG task 2 over the same loaders (data: (root, task), default a
-    generated toy task): warm-up on a few batches, then `repeats` timed epochs each in the order
-    dense, cpg | cpg, dense | ... (slow drift of the machine cancels out)."""
-    root, task = data or generate_epoch_task(args, folder)
-    workers = default_workers()
-    try:
-        train_loader, val_loader, num_classes = get_loaders(root, task, EPOCH_BATCH, EPOCH_VAL_BATCH,
-                                                            workers, device, args.seed)
-    except CPGError as exc:
-        raise SystemExit(f'error: {exc}') from None
-    logger = setup_logger(os.path.join(folder, 'epoch.log'), name='benchmark.epoch')
-    common = {'loaders': (train_loader, val_loader), 'folder': folder, 'logger': logger,
-              'device': device, 'seed': args.seed}
-    torch.manual_seed(args.seed)
-    runs = {'dense': DenseEpochs(dense_vgg(args.base_width, num_classes).to(device), args.amp,
-                                 args.channels_last, **common),
-            'cpg': CPGEpochs(second_task(args.base_width, device, num_classes), args.amp,
-                             args.channels_last, **common)}
-    if args.channels_last:
-        for run in runs.values():
-            run.model.to(memory_format=torch.channels_last)
-    load_start = os.getloadavg()
-    if args.epoch_warmup > 0:  # allocator, caches and lazy init: a few batches of every part
-        n = min(len(train_loader.dataset), args.epoch_warmup * EPOCH_BATCH)
-        warm = make_loader(torch.utils.data.Subset(train_loader.dataset, range(n)), EPOCH_BATCH, True,
-                           workers, device, args.seed)
-        warm_val = make_loader(torch.utils.data.Subset(val_loader.dataset, range(min(
-            len(val_loader.dataset), EPOCH_VAL_BATCH))), EPOCH_VAL_BATCH, False, workers, device, args.seed)
-        for run in runs.values():
-            run.run(warm, warm_val)
-    times = {name: [] for name in runs}
-    for r in range(args.epoch_repeats):
-        for name in (('dense', 'cpg') if r % 2 == 0 else ('cpg', 'dense')):
-            times[name].append(runs[name].run())
-            gc.collect()
-    median = {name: {part: statistics.median(t[part] for t in ts) for part in ts[0]} for name, ts in times.items()}
-    totals = {name: [t['total'] for t in ts] for name, ts in times.items()}
-    return {
-        'ratio': median['cpg']['total'] / median['dense']['total'],
-        'ratio_best': min(totals['cpg']) / min(totals['dense']),
-        'ratio_paired': paired_ratio(totals['cpg'], totals['dense']),
-        'ms': {'dense_epoch': 1e3 * median['dense']['total'], 'cpg_epoch_taskk': 1e3 * median['cpg']['total']},
-        'parts_ms': {name: {part: 1e3 * v for part, v in med.items() if part != 'total'}
-                     for name, med in median.items()},
-        'epoch_seconds': totals, 'repeats': args.epoch_repeats, 'warmup_batches': args.epoch_warmup,
-        'data': args.epoch_data or 'generated toy task (tools/make_toy_data.py)', 'task': task,
-        'train_images': len(train_loader.dataset), 'test_images': len(val_loader.dataset),
-        'batch': EPOCH_BATCH, 'val_batch': EPOCH_VAL_BATCH, 'workers': workers,
-        'load_average': {'start': load_start, 'end': os.getloadavg()},
-    }
 
 
 # --------------------------------------------------------------------------------------------------
@@ -684,8 +292,8 @@ def print_table(result):
               f"{tuple(round(x, 2) for x in epoch['load_average']['end'])})")
     print('(ratio: median CPG / median dense; paired: median over rounds of the within-round ratio, '
           'prune: of its steps without a mask update, plus the update amortized)')
-    print(f"\nexported file (tools/export.py: owner ids in ceil(log2(T+1)) bits); bound = (4 + T/8) x 1.05 "
-          f"+ per-task norms/biases/heads as stored")
+    print('\nexported file (tools/export.py: owner ids in ceil(log2(T+1)) bits); bound = (4 + T/8) x 1.05 '
+          '+ per-task norms/biases/heads as stored')
     print(f"{'tasks':>11}  {'file bytes':>12}{'B/weight':>10}{'counted':>9}{'4+T/8':>7}{'bound':>8}  ok   "
           f"{'training':>8}  breakdown per weight (weights/owner/picks/per-task)")
     for tasks, rep in result['checkpoint'].items():

@@ -76,17 +76,21 @@ def checkpoint_metadata(model, arch):
             'tasks': [dict(t) for t in model.tasks]}
 
 
-def save_checkpoint(path, model, arch, frozen=True, **extra):
+def save_checkpoint(path, model, arch, frozen=True, model_state=None, meta_extra=None, **extra):
     """Write `path` atomically (temp file, fsync, rename) plus its JSON sidecar; returns bytes.
 
     frozen=True stores the model as later phases and inference load it (packed picks, no
     optimizer); frozen=False keeps the float pick mask, for resuming the running phase.
-    Every file gets a fresh `checkpoint_id` (also in the sidecar): the stages that read it put
-    that id in their replay signature, so a result computed from another file is never replayed.
+    model_state replaces that state dict (the export's packed owners); meta_extra joins the
+    metadata. Every file gets a fresh `checkpoint_id` (also in the sidecar): the stages that read
+    it put that id in their replay signature, so a result computed from another file is never
+    replayed.
     """
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    meta = dict(checkpoint_metadata(model, arch), checkpoint_id=uuid.uuid4().hex)
-    state = dict(meta, model=frozen_state_dict(model) if frozen else model.state_dict(), **extra)
+    meta = dict(checkpoint_metadata(model, arch), checkpoint_id=uuid.uuid4().hex, **(meta_extra or {}))
+    if model_state is None:
+        model_state = frozen_state_dict(model) if frozen else model.state_dict()
+    state = dict(meta, model=model_state, **extra)
     atomic_write(path, lambda f: torch.save(state, f))
     atomic_write_json(f'{path}.json', meta)
     return os.path.getsize(path)

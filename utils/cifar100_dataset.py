@@ -6,6 +6,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
 from utils.cifar100_config import NORM_STATS
@@ -106,7 +107,7 @@ class TaskImageFolder(torch.utils.data.Dataset):
             labels += [label] * len(class_files)
 
         arrays = []
-        for path in tqdm(files, desc=f'loading {split}/{task}', unit='img'):
+        for path in tqdm(files, desc=f'loading {split}/{task}', unit='img', disable=None):
             array = _decode(path)  # (H, W, 3)
             if arrays and array.shape != arrays[0].shape:
                 raise CPGError(f'image {path} has size {array.shape[:2]} but {files[0]} has '
@@ -116,7 +117,13 @@ class TaskImageFolder(torch.utils.data.Dataset):
         self.images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
         self.targets = torch.tensor(labels, dtype=torch.int64)  # (N,)
         self.train_transform = train_transform
+        self.epoch_seed = None  # set by utils.data.seed_loader_epoch each epoch
         self.set_normalization(mean, std)
+
+    def set_epoch_seed(self, seed):
+        """Augment sample i of this epoch from (seed, i) alone: the draw does not depend on which
+        rank or worker loads it, or in which order, so DDP sees what one process sees."""
+        self.epoch_seed = seed
 
     def set_normalization(self, mean, std):
         """Use per-channel `mean`/`std` (3-tuples in [0, 1] units), or none when both are None."""
@@ -132,15 +139,15 @@ class TaskImageFolder(torch.utils.data.Dataset):
         """Number of images."""
         return self.images.shape[0]
 
-    def _augment(self, image):
+    def _augment(self, image, generator=None):
         """Random crop with zero padding, then random horizontal flip, on a uint8 (3, H, W)."""
         _, height, width = image.shape
         padded = F.pad(image, (PAD, PAD, PAD, PAD))  # (3, H+8, W+8), zeros at the border
-        # Global torch RNG so a seeded worker_init_fn (or seed_everything) fixes the stream.
-        top = int(torch.randint(0, 2 * PAD + 1, (1,)))
-        left = int(torch.randint(0, 2 * PAD + 1, (1,)))
+        # generator None: the global torch RNG (seeded by seed_everything / the worker seeder)
+        top = int(torch.randint(0, 2 * PAD + 1, (1,), generator=generator))
+        left = int(torch.randint(0, 2 * PAD + 1, (1,), generator=generator))
         image = padded[:, top:top + height, left:left + width]  # (3, H, W)
-        if float(torch.rand(1)) < 0.5:
+        if float(torch.rand(1, generator=generator)) < 0.5:
             image = image.flip(-1)
         return image
 
@@ -148,7 +155,10 @@ class TaskImageFolder(torch.utils.data.Dataset):
         """Return (float image (3, H, W), int label)."""
         image = self.images[index]  # (3, H, W) uint8
         if self.train_transform:
-            image = self._augment(image)
+            generator = None
+            if self.epoch_seed is not None:
+                generator = torch.Generator().manual_seed((self.epoch_seed * 1_000_003 + index) % 2 ** 63)
+            image = self._augment(image, generator)
         image = image.float() / 255.0
         if self.mean is not None:
             image = (image - self.mean) / self.std
@@ -173,8 +183,11 @@ def get_loaders(data_root, task, batch_size, val_batch_size, workers, device, se
     mean, std = NORM_STATS[task] if task in NORM_STATS else channel_stats(train_set.images)
     train_set.set_normalization(mean, std)
     val_set.set_normalization(mean, std)
-    train_loader = make_loader(train_set, batch_size, shuffle=True, workers=workers,
-                               device=device, seed=seed)
+    # The order of a 1-replica DistributedSampler: under DDP rank r gets global positions r, r + N,
+    # ... of the same permutation, so one process sees exactly the ranks' global batches.
+    sampler = DistributedSampler(train_set, num_replicas=1, rank=0, shuffle=True, seed=seed)
+    train_loader = make_loader(train_set, batch_size, shuffle=False, workers=workers,
+                               device=device, seed=seed, sampler=sampler)
     val_loader = make_loader(val_set, val_batch_size, shuffle=False, workers=workers,
                              device=device, seed=seed)
     return train_loader, val_loader, len(train_set.classes)

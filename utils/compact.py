@@ -12,13 +12,12 @@ Bit layout: entry i's bit j (least significant first) is bit i*b + j of one litt
 stream over the row-major entries; the stream is stored 8 bits per byte by models.layers.pack_bits.
 """
 import math
-import os
 
 import torch
 
 from models.layers import pack_bits, unpack_bits
 
-from .checkpoint import atomic_write_json, checkpoint_metadata, frozen_state_dict
+from .checkpoint import frozen_state_dict, save_checkpoint
 from .errors import CPGError
 
 PACKED_SUFFIX = '.owner_packed'
@@ -69,15 +68,10 @@ def compact_state_dict(model):
 
 
 def save_compact_checkpoint(path, model, arch):
-    """Write the deployable file of `model` atomically (temp file + rename) with its JSON sidecar:
-    checkpoint metadata, the compact state dict and `owner_bits`. Returns the bytes written."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    meta = dict(checkpoint_metadata(model, arch), owner_bits=owner_bits(len(model.tasks)))
-    tmp = f'{path}.tmp'
-    torch.save(dict(meta, model=compact_state_dict(model)), tmp)
-    os.replace(tmp, path)
-    atomic_write_json(f'{path}.json', meta)
-    return os.path.getsize(path)
+    """Write the deployable file of `model` (atomically, with its JSON sidecar): checkpoint
+    metadata plus `owner_bits`, and the compact state dict. Returns the bytes written."""
+    return save_checkpoint(path, model, arch, model_state=compact_state_dict(model),
+                           meta_extra={'owner_bits': owner_bits(len(model.tasks))})
 
 
 def expand_compact_state(ckpt, model):

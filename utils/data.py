@@ -117,3 +117,7 @@ def seed_loader_epoch(loader, seed, epoch):
     torch.manual_seed(this_epoch)
     if isinstance(loader.worker_init_fn, WorkerSeeder):
         loader.worker_init_fn.epoch_key = (seed, epoch)
+    if hasattr(loader.dataset, 'set_epoch_seed'):
+        # per-sample augmentation from (seed, epoch, index): the same crop and flip for a sample
+        # in one process, on any rank and in any worker (workers copy the dataset at iter())
+        loader.dataset.set_epoch_seed(this_epoch)

@@ -66,7 +66,10 @@ class Manager:
         self.show_progress = show_progress
 
     def _batches(self, loader, desc):
-        return tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=not self.show_progress)
+        # disable=None: no bars when stderr is not a terminal (logs, pipes), so that stderr holds
+        # only errors there
+        return tqdm(loader, desc=desc, leave=False, dynamic_ncols=True,
+                    disable=None if self.show_progress else True)
 
     def train_epoch(self, epoch, optimizers, pruner=None, step=0):
         """One epoch; `step` is the stage's optimizer-step counter (pruning schedule). Returns

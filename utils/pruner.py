@@ -11,7 +11,6 @@ the original, both deliberate (spec §12 items 3 and 6):
   * released weights are zeroed at once and lose their momentum, so they leave the forward pass
     immediately instead of at the next validation.
 """
-import numpy as np
 import torch
 
 
