@@ -236,6 +236,17 @@ def toy_stage_args(toy_data, goals, mode, save_folder, load_folder=None, epochs=
     return stage_args(['--mode', mode], **settings)
 
 
+def tree_bytes(folder):
+    """relative path -> bytes of every file under `folder` (to prove that nothing changed)."""
+    tree = {}
+    for root, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(root, name)
+            with open(path, 'rb') as f:
+                tree[os.path.relpath(path, folder)] = f.read()
+    return tree
+
+
 def load_tool(name):
     """Import tools/<name>.py as a module (tools/ is not a package)."""
     spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, 'tools', f'{name}.py'))

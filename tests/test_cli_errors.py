@@ -14,7 +14,7 @@ import sys
 import pytest
 import torch
 
-from cpg_testlib import DEVICE, REPO, make_toy_data, subprocess_env, tiny_model
+from cpg_testlib import DEVICE, REPO, make_toy_data, subprocess_env, tiny_model, tree_bytes
 from utils.checkpoint import save_checkpoint
 
 MAIN = os.path.join(REPO, 'CPG_cifar100_main.py')
@@ -183,17 +183,6 @@ def test_error_is_one_clear_line_with_the_right_status(cli_cases, case, how, cap
     assert stderr_is_one_line, f'{case}: stderr must be exactly the error line, got {stderr[-2000:]!r}'
 
 
-def _tree_bytes(folder):
-    """relative path -> bytes of every file under `folder`."""
-    tree = {}
-    for root, _, files in os.walk(folder):
-        for name in files:
-            path = os.path.join(root, name)
-            with open(path, 'rb') as f:
-                tree[os.path.relpath(path, folder)] = f.read()
-    return tree
-
-
 @pytest.mark.parametrize('case', ['diverging_loss', 'wrong_num_classes', 'task_without_goal'])
 def test_failed_stage_leaves_the_previous_task_untouched_and_nothing_to_replay(cli_cases, case, capsys):
     """A stage of task 2 that fails (while training, on its data, on its goal) exits 1 and leaves
@@ -206,12 +195,12 @@ def test_failed_stage_leaves_the_previous_task_untouched_and_nothing_to_replay(c
         argv = [a if a != 'toy_task_1' else 'toy_task_2' for a in argv]
         argv += ['--load_folder', os.path.join(tmp, 'good')]
     save_folder = argv[argv.index('--save_folder') + 1]
-    before = _tree_bytes(os.path.join(tmp, 'good'))
+    before = tree_bytes(os.path.join(tmp, 'good'))
     assert set(before) >= {'checkpoint.pth.tar', 'checkpoint.pth.tar.json'}
     rc, stdout, stderr = _in_process(argv, capsys)
     assert rc == expected_rc == 1, stdout[-2000:] + stderr[-2000:]
-    assert _tree_bytes(os.path.join(tmp, 'good')) == before
-    left = _tree_bytes(save_folder) if os.path.isdir(save_folder) else {}
+    assert tree_bytes(os.path.join(tmp, 'good')) == before
+    left = tree_bytes(save_folder) if os.path.isdir(save_folder) else {}
     assert not any(name.endswith(('result.json', '.pth.tar')) for name in left), sorted(left)
 
 

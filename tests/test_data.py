@@ -20,7 +20,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-from cpg_testlib import load_tool  # noqa: E402
+from cpg_testlib import load_tool, tree_bytes  # noqa: E402
 from utils.cifar100_config import CIFAR100_TASKS, NORM_STATS  # noqa: E402
 from utils.cifar100_dataset import (TaskImageFolder, channel_stats, get_loaders,  # noqa: E402
                                     task_normalization)
@@ -38,17 +38,6 @@ def _make_toy(out, **overrides):
     for key, value in overrides.items():
         argv += [f'--{key}', str(value)]
     return toy.main(toy.get_args_parser().parse_args(argv))
-
-
-def _read_tree(root):
-    """Map relative file path -> bytes for every file under `root`."""
-    tree = {}
-    for folder, _, files in os.walk(root):
-        for name in files:
-            path = os.path.join(folder, name)
-            with open(path, 'rb') as f:
-                tree[os.path.relpath(path, root)] = f.read()
-    return tree
 
 
 @pytest.fixture(scope='module')
@@ -90,7 +79,7 @@ def test_toy_deterministic(tmp_path):
     _make_toy(tmp_path / 'a', seed=3)
     _make_toy(tmp_path / 'b', seed=3)
     _make_toy(tmp_path / 'c', seed=4)
-    first, second, other = (_read_tree(tmp_path / n) for n in 'abc')
+    first, second, other = (tree_bytes(tmp_path / n) for n in 'abc')
     assert first == second
     assert first.keys() == other.keys() and first != other
 
@@ -143,7 +132,7 @@ def _convert(archive, out):
 def _check_converted(out, splits):
     """Every source image is at <split>/<coarse>/<fine>/<index>.png with identical pixels."""
     for split, payload in splits.items():
-        pngs = [p for p in _read_tree(out / split) if p.endswith('.png')]
+        pngs = [p for p in tree_bytes(out / split) if p.endswith('.png')]
         assert len(pngs) == len(payload[b'fine_labels'])
         for index, fine in enumerate(payload[b'fine_labels']):
             coarse = COARSE[FINE_TO_COARSE[fine]].decode()
@@ -173,9 +162,9 @@ def test_converter_folder_and_rerun(tmp_path, fake_cifar):
     assert _convert(folder, out) == 0
     _check_converted(out, splits)
     first = out / 'train' / os.listdir(out / 'train')[0]
-    mtimes = {p: os.path.getmtime(os.path.join(first, p)) for p in _read_tree(first)}
+    mtimes = {p: os.path.getmtime(os.path.join(first, p)) for p in tree_bytes(first)}
     assert _convert(folder.parent, out) == 0
-    assert mtimes == {p: os.path.getmtime(os.path.join(first, p)) for p in _read_tree(first)}
+    assert mtimes == {p: os.path.getmtime(os.path.join(first, p)) for p in tree_bytes(first)}
 
 
 @pytest.mark.slow  # starts processes
