@@ -40,6 +40,21 @@ def unpack_bits(packed, n):
     return ((packed.view(-1, 1) >> shifts) & 1).view(-1)[:n].bool()
 
 
+_SAME_SIZE_INT = {torch.float32: torch.int32, torch.float64: torch.int64,
+                  torch.float16: torch.int16, torch.bfloat16: torch.int16}
+
+
+def gate_mask(keep, dtype):
+    """Integer mask for gate_: all bits set (-1) where `keep` (bool), 0 elsewhere."""
+    return keep.to(_SAME_SIZE_INT[dtype]).neg_()
+
+
+def gate_(tensor, mask):
+    """tensor[~keep] = +0.0 in place, whatever it held (NaN, inf); `mask` from gate_mask."""
+    tensor.view(mask.dtype).bitwise_and_(mask)
+    return tensor
+
+
 def owner_dtype(num_tasks):
     """Smallest integer type that holds task ids 0..num_tasks."""
     return torch.uint8 if num_tasks <= 255 else torch.int16
@@ -54,8 +69,10 @@ class _GatedWeight(torch.autograd.Function):
     backward: dW = where(own, g + wd * W, 0)   manual L2 then gating: only the task's own weights learn
               dP = where(old, g * W, 0)        straight-through: only entries of earlier tasks learn
 
-Gating selects (masked_fill) instead of multiplying: a diverging task's NaN/inf gradient times 0 is
-still NaN, and SGD momentum would carry it into earlier tasks' frozen weights.
+Gating selects instead of multiplying: a diverging task's NaN/inf gradient times 0 is still NaN,
+and SGD momentum would carry it into earlier tasks' frozen weights. The selection is a bitwise AND
+with an all-ones/all-zeros integer mask (gate_), exactly +0.0 outside the gate and as cheap as a
+multiply; masked_fill_/where cost ~15x more on CPU.
 
     Invariants that make the cheap forward exact (kept by the phase setup and the pruner):
     free entries hold W == 0, no later task exists, and P > threshold on the task's own entries.
@@ -64,10 +81,10 @@ still NaN, and SGD momentum would carry it into earlier tasks' frozen weights.
     """
 
     @staticmethod
-    def forward(ctx, weight, score, keep, frozen, not_old, weight_decay, buffers):
-        # frozen: bool, entries the task does not own (None: it owns all); not_old: bool, entries
-        # not owned by an earlier task (their pick score must not learn)
-        ctx.save_for_backward(weight, frozen, not_old)
+    def forward(ctx, weight, score, keep, own_gate, old_gate, weight_decay, buffers):
+        # own_gate: gate_mask of the task's own entries (None: it owns all); old_gate: gate_mask of
+        # earlier tasks' entries (the only pick scores that learn)
+        ctx.save_for_backward(weight, own_gate, old_gate)
         ctx.weight_decay = weight_decay
         ctx.has_score = score is not None
         # buffers = (mask, out): reused every step (allocating them costs more than the math). If
@@ -82,17 +99,17 @@ still NaN, and SGD momentum would carry it into earlier tasks' frozen weights.
 
     @staticmethod
     def backward(ctx, grad):
-        weight, frozen, not_old = ctx.saved_tensors
+        weight, own_gate, old_gate = ctx.saved_tensors
         grad_score = None
         if ctx.has_score and ctx.needs_input_grad[1]:
-            grad_score = torch.mul(grad, weight).masked_fill_(not_old, 0.0)
+            grad_score = gate_(torch.mul(grad, weight), old_gate)
         grad_weight = None
         if ctx.needs_input_grad[0]:
             grad_weight = grad.contiguous() if not grad.is_contiguous() else grad
             if ctx.weight_decay:
                 grad_weight.add_(weight, alpha=ctx.weight_decay)
-            if frozen is not None:
-                grad_weight.masked_fill_(frozen, 0.0)
+            if own_gate is not None:
+                gate_(grad_weight, own_gate)
         return grad_weight, grad_score, None, None, None, None, None
 
 
@@ -173,8 +190,8 @@ class MaskedLayer(nn.Module):
         has_old = bool(old.any())
         owns_all = bool(own.all())
         dtype = self.weight.dtype
-        state['frozen'] = None if owns_all else own.logical_not()
-        state['not_old'] = old.logical_not() if (learn_pick and has_old) else None
+        state['own_gate'] = None if owns_all else gate_mask(own, dtype)
+        state['old_gate'] = gate_mask(old, dtype) if (learn_pick and has_old) else None
         if learn_pick and has_old:
             if self.pick_score is None or self.pick_score.shape != self.weight.shape:
                 self.pick_score = nn.Parameter(torch.full_like(self.weight, PICK_INIT))
@@ -200,17 +217,17 @@ class MaskedLayer(nn.Module):
         self.owner.mul_(keep)
         self.weight.mul_(keep_float)
         if self._phase is not None:
-            if self._phase['frozen'] is None:   # the task owned everything until now
-                self._phase['frozen'] = keep.logical_not()
+            if self._phase['own_gate'] is None:   # the task owned everything until now
+                self._phase['own_gate'] = gate_mask(keep, self.weight.dtype)
             else:
-                self._phase['frozen'].logical_or_(keep.logical_not())
+                self._phase['own_gate'].mul_(keep)
 
     def refresh_ownership(self):
         """Re-derive the gradient gate after the pruner released entries (every few steps)."""
         if self._phase is None:
             return
         task = self._phase['task']
-        self._phase['frozen'] = self.owner != task
+        self._phase['own_gate'] = gate_mask(self.owner == task, self.weight.dtype)
 
     def end_phase(self):
         """Freeze the task: its binary pick over earlier tasks' entries becomes packed bits."""
@@ -270,8 +287,8 @@ class MaskedLayer(nn.Module):
         bias = self.biases[str(task)] if self.has_bias else None
         phase = self._phase
         if self.training and phase is not None and phase['task'] == task:
-            w_eff = _GatedWeight.apply(self.weight, self.pick_score, phase['keep'], phase['frozen'],
-                                       phase['not_old'], phase['weight_decay'], phase['buffers'])
+            w_eff = _GatedWeight.apply(self.weight, self.pick_score, phase['keep'], phase['own_gate'],
+                                       phase['old_gate'], phase['weight_decay'], phase['buffers'])
         else:
             w_eff = self.effective_weight(task)
         return self._op(x, w_eff, bias)

@@ -9,6 +9,8 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
+from models.layers import gate_
+
 from .errors import CPGError
 
 
@@ -164,8 +166,8 @@ class Manager:
                 if phase is None or grad is None:
                     continue
                 grad.add_(layer.weight, alpha=phase.get('deferred_decay', 0.0))
-                if phase['frozen'] is not None:
-                    grad.masked_fill_(phase['frozen'], 0.0)
+                if phase['own_gate'] is not None:
+                    gate_(grad, phase['own_gate'])
         for opt in optimizers:
             self.scaler.step(opt)
         self.scaler.update()
