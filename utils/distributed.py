@@ -200,12 +200,13 @@ def _rank_seed(seed, rank, modulo):
 
 
 class RankSeededSampler(DistributedSampler):
-    """DistributedSampler that also gives each rank its own augmentation stream.
+    """DistributedSampler that also gives each rank its own global-RNG stream.
 
-    Augmentation draws from the global torch RNG, which seed_loader_epoch seeds identically on
-    every rank at each epoch; without this, the samples perm[2i] and perm[2i+1] would always get
-    the same crop and flip. With loader workers, utils.data.WorkerSeeder(rank) mixes the rank into
-    each worker's seed instead.
+    The image datasets augment each sample from (seed, epoch, index) (TaskImageFolder's
+    set_epoch_seed), so their crops do not depend on the rank. Anything else drawn from the global
+    torch RNG, which seed_loader_epoch seeds identically on every rank at each epoch, would repeat
+    across ranks (perm[2i] and perm[2i+1] getting the same draw); this gives rank r its own stream.
+    With loader workers, utils.data.WorkerSeeder(rank) mixes the rank into each worker's seed.
     """
 
     def __iter__(self):
