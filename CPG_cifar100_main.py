@@ -1,243 +1,31 @@
 """CPG on CIFAR-100 super-class tasks with VGG16-BN (experiment 1). One stage per invocation.
 
-Usage (the experiment1/*.sh scripts chain these; see README "Exit codes"):
+Usage (experiment1/*.sh chain these; see README "Exit codes"):
   python CPG_cifar100_main.py --mode finetune --dataset aquatic_mammals \
-      --save_folder checkpoints/CPG/experiment1/scratch_mul_1.5/custom_vgg_cifar100/aquatic_mammals/scratch \
-      --baseline_acc_file logs/baseline_cifar100_acc.txt
+      --save_folder checkpoints/CPG/experiment1/scratch_mul_1.5/custom_vgg_cifar100/aquatic_mammals/scratch
+
+This file holds only experiment 1's data provider and defaults; the flags, phases, checkpoints,
+resume/replay and exit statuses are shared (utils/engine.py, utils/phases.py).
 """
-import argparse
-import json
-import logging
-import os
-import sys
+from utils import engine
+from utils.cifar100_dataset import CifarTasks
 
-import torch
-
-from models import MODELS
-from utils.cifar100_dataset import TaskImageFolder, get_loaders, task_normalization
-from utils.cli import ArgumentParser, write_exit_status
-from utils.data import default_workers, make_loader, seed_everything
-from utils.distributed import Distributed
-from utils.errors import CPGError
-from utils.logger import log_run_header, setup_logger
-from utils.phases import (EXIT_ERROR, EXIT_NO_GOAL, PROTOCOL_STATUSES, PhaseContext,
-                          format_results_table, run_finetune, run_inference, run_prune, run_retrain)
-from utils.records import GoalFileMissing
+# The paper's experiment-1 settings (spec §3.1, §3.8, §7.1).
+DEFAULTS = dict(arch='custom_vgg_cifar100', data_root='data/cifar100_org', num_classes=5, epochs=100,
+                lr=1e-2, lr_mask=5e-4, lr_schedule='milestones', selection='last', goal_margin=0.0,
+                pruning_frequency=10, total_num_tasks=20, baseline_acc_file='logs/baseline_cifar100_acc.txt')
 
 
 def get_args_parser():
-    parser = ArgumentParser('CPG_cifar100_main.py', description='CPG on CIFAR-100 (experiment 1)')
-    # Task and model
-    parser.add_argument('--mode', choices=['finetune', 'prune', 'inference'], required=True,
-                        help='finetune = Phase A (or retrain with --finetune_again); prune = one gradual '
-                             'pruning stage; inference = evaluate tasks of a final checkpoint')
-    parser.add_argument('--arch', default='custom_vgg_cifar100', choices=sorted(MODELS),
-                        help='backbone, looked up in the model registry')
-    parser.add_argument('--dataset', default=None,
-                        help='task (folder name under DATA_ROOT/train); inference: evaluate only it')
-    parser.add_argument('--tasks', nargs='*', default=None,
-                        help='inference: tasks to evaluate (default: every task in the checkpoint)')
-    parser.add_argument('--num_classes', type=int, default=5, help='classes per task (checked against the data)')
-    parser.add_argument('--base_width', type=float, default=1.0,
-                        help='scales every channel and FC width; 1.0 is the paper\'s VGG16-BN')
-    parser.add_argument('--network_width_multiplier', type=float, default=1.0,
-                        help='raw growth multiplier m (channels scale by sqrt(m)); never below the checkpoint\'s')
-    parser.add_argument('--max_allowed_network_width_multiplier', type=float, default=1.5,
-                        help='growing stops here; a task missing its goal at this width is accepted')
-    # Data
-    parser.add_argument('--data_root', default='data/cifar100_org',
-                        help='folder holding train/<task>/<class>/*.png and test/<task>/<class>/*.png')
-    parser.add_argument('--batch_size', type=int, default=32, help='training batch size (global)')
-    parser.add_argument('--val_batch_size', type=int, default=100, help='evaluation batch size')
-    parser.add_argument('--workers', type=int, default=None, help='data loader workers (default: by core count)')
-    # Optimization
-    parser.add_argument('--epochs', type=int, default=100, help='epochs of this stage')
-    parser.add_argument('--lr', type=float, default=1e-2, help='SGD learning rate of the weights')
-    parser.add_argument('--lr_mask', type=float, default=5e-4, help='Adam learning rate of the pick masks')
-    parser.add_argument('--weight_decay', type=float, default=4e-5,
-                        help='manual L2 on the task\'s own shared weights (not on BN, biases, heads)')
-    parser.add_argument('--lr_decay_epochs', type=int, nargs='*', default=[50, 80],
-                        help='weights\' LR is multiplied by --lr_decay_factor after these epochs')
-    parser.add_argument('--lr_decay_factor', type=float, default=0.1, help='weights\' LR decay factor')
-    parser.add_argument('--mask_lr_decay_epochs', type=int, nargs='*', default=[50, 70],
-                        help='mask LR milestones (paired with --mask_lr_decay_factors)')
-    parser.add_argument('--mask_lr_decay_factors', type=float, nargs='*', default=[0.2, 0.0],
-                        help='mask LR factors; a 0 factor is skipped when the task owns no weights')
-    parser.add_argument('--train_acc_gate', type=float, default=0.95,
-                        help='a stage counts only if its last-epoch train accuracy exceeds this')
-    parser.add_argument('--learn_pick', action=argparse.BooleanOptionalAction, default=True,
-                        help='learn pick masks over earlier tasks\' weights (off = PAE: use them all)')
-    # Stages
-    parser.add_argument('--finetune_again', action='store_true',
-                        help='finetune mode: Phase C, re-learn the pick mask of the last task (retrain)')
-    parser.add_argument('--retrain_patience', type=int, default=5,
-                        help='retrain stops after this many epochs without improvement')
-    # Pruning
-    parser.add_argument('--initial_sparsity', type=float, default=0.0, help='sparsity at the start of the stage')
-    parser.add_argument('--target_sparsity', type=float, default=0.1, help='sparsity at the end of the stage')
-    parser.add_argument('--pruning_interval', type=int, default=4, help='epochs over which the sparsity ramps')
-    parser.add_argument('--pruning_frequency', type=int, default=10, help='batches between mask updates')
-    parser.add_argument('--total_num_tasks', type=int, default=20,
-                        help='tasks in the sequence (must-prune rule); 0 disables the rule')
-    # Paths
-    parser.add_argument('--load_folder', default=None, help='folder (or file) of the checkpoint to start from')
-    parser.add_argument('--save_folder', default=None, help='where this stage writes checkpoint.pth.tar')
-    parser.add_argument('--baseline_acc_file', default='logs/baseline_cifar100_acc.txt',
-                        help='JSON task -> accuracy goal (exit 3 when missing)')
-    parser.add_argument('--pruning_ratio_to_acc_record_file', default=None,
-                        help='record.txt of the task (JSON sparsity -> accuracy)')
-    parser.add_argument('--save_goal_file', default=None,
-                        help='baseline run: train one task from scratch and write its accuracy here')
-    parser.add_argument('--initial_from', default=None,
-                        help='finetune baseline: start from this single-task checkpoint (all tensors copied)')
-    parser.add_argument('--log_path', default=None, help='append the log to this file (e.g. <task>/train.log)')
-    parser.add_argument('--resume_every_minutes', type=float, default=10.0,
-                        help='write <save_folder>/resume.pth.tar at most this often (and after the '
-                             'last epoch); 0 = after every epoch')
-    parser.add_argument('--results_file', default=None, help='inference: write the results table as JSON')
-    # Runtime
-    parser.add_argument('--device', default='auto', help='auto (CUDA if present), cpu, cuda or cuda:N')
-    parser.add_argument('--amp', choices=['bf16', 'fp16'], default=None,
-                        help='CUDA mixed-precision training (autocast); off by default for fidelity')
-    parser.add_argument('--channels_last', action='store_true',
-                        help='channels-last memory format for training (faster convs on recent GPUs)')
-    parser.add_argument('--seed', type=int, default=1, help='seed of python, numpy and torch')
-    return parser
+    return engine.get_args_parser('CPG_cifar100_main.py', 'CPG on CIFAR-100 (experiment 1)', DEFAULTS)
 
 
-def check_args(parser, args):
-    """Reject bad flag combinations before any work (one line each, via parser.error)."""
-    if args.mode in ('finetune', 'prune') and not args.dataset:
-        parser.error(f'--mode {args.mode} needs --dataset TASK')
-    if args.mode in ('finetune', 'prune') and not args.save_folder:
-        parser.error(f'--mode {args.mode} needs --save_folder')
-    if args.mode in ('prune', 'inference') and not args.load_folder:
-        parser.error(f'--mode {args.mode} needs --load_folder')
-    if args.mode == 'finetune' and args.finetune_again and not args.load_folder:
-        parser.error('--finetune_again needs --load_folder (the task\'s gradual_prune folder)')
-    if args.save_goal_file and (args.load_folder or args.mode != 'finetune'):
-        parser.error('--save_goal_file is for a baseline: --mode finetune without --load_folder')
-    if args.initial_from and not args.save_goal_file:
-        parser.error('--initial_from is for the finetune baseline: give --save_goal_file too')
-    if not 0.0 <= args.initial_sparsity < args.target_sparsity < 1.0 and args.mode == 'prune':
-        parser.error(f'need 0 <= --initial_sparsity ({args.initial_sparsity}) < --target_sparsity '
-                     f'({args.target_sparsity}) < 1')
-    if len(args.mask_lr_decay_epochs) != len(args.mask_lr_decay_factors):
-        parser.error('--mask_lr_decay_epochs and --mask_lr_decay_factors need the same length')
-    if args.network_width_multiplier < 1.0 or args.max_allowed_network_width_multiplier < 1.0:
-        parser.error('width multipliers are >= 1.0 (growth only)')
-    if args.base_width <= 0:
-        parser.error('--base_width must be positive')
-    if args.total_num_tasks == 0:
-        args.total_num_tasks = None
-
-
-class CifarTasks:
-    """Loaders of the super-class tasks under --data_root, with the paper's per-task normalisation."""
-
-    def __init__(self, args, device, dist=None):
-        self.args, self.device, self.dist = args, device, dist
-        self.workers = default_workers() if args.workers is None else args.workers
-
-    def loaders(self, task):
-        a = self.args
-        if self.dist is not None and a.batch_size % self.dist.world_size:
-            raise CPGError(f'--batch_size {a.batch_size} is not divisible by the {self.dist.world_size} ranks; '
-                           f'use a multiple of --nproc_per_node')
-        batch = a.batch_size // (self.dist.world_size if self.dist else 1)
-        if self.dist is None:
-            train, val, num_classes = get_loaders(a.data_root, task, batch, a.val_batch_size,
-                                                  self.workers, self.device, a.seed)
-        else:
-            train, val, num_classes = self.dist.loaders(a.data_root, task, batch, a.val_batch_size,
-                                                        self.workers, self.device, a.seed)
-        if num_classes != a.num_classes:
-            raise CPGError(f'task {task!r} under {a.data_root} has {num_classes} classes but '
-                           f'--num_classes is {a.num_classes}; set NUM_CLASSES/--num_classes to match')
-        return train, val, num_classes
-
-    def val_loader(self, task):
-        mean, std = task_normalization(self.args.data_root, task)
-        dataset = TaskImageFolder(self.args.data_root, 'test', task, train_transform=False, mean=mean, std=std)
-        return make_loader(dataset, self.args.val_batch_size, False, self.workers, self.device, self.args.seed)
-
-
-def resolve_device(name):
-    """--device as a torch device name; one clear error for a device this machine cannot run."""
-    if name == 'auto':
-        return 'cuda' if torch.cuda.is_available() else 'cpu'
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise CPGError(f'--device {name!r} is not a device; use auto, cpu, cuda or cuda:N') from None
-    if device.type == 'cuda':
-        if not torch.cuda.is_available():
-            raise CPGError(f'--device {name} asked for CUDA but none is available; use --device cpu or auto')
-        count = torch.cuda.device_count()
-        if device.index is not None and device.index >= count:
-            raise CPGError(f'--device {name}: only {count} CUDA device(s) are visible '
-                           f'(cuda:0..cuda:{count - 1}); use one of them or --device auto')
-    return name
+check_args = engine.check_args
 
 
 def main(args):
-    """Run one stage; its exit status is also written to <save_folder>/exit_status (rank 0)."""
-    status = run_stage(args)
-    if args.save_folder and int(os.environ.get('RANK', '0')) == 0:
-        write_exit_status(args.save_folder, status)
-    return status
-
-
-def run_stage(args):
-    try:
-        dist = Distributed.from_env(args.device)
-    except CPGError as exc:
-        sys.stderr.write(f'error: {exc}\n')
-        return EXIT_ERROR
-    logger = setup_logger(args.log_path if (dist is None or dist.is_main) else None)
-    if dist is not None and not dist.is_main:
-        logger.setLevel(logging.WARNING)  # rank 0 speaks for everyone
-    try:
-        device = dist.device if dist is not None else resolve_device(args.device)
-        if args.amp and torch.device(device).type != 'cuda':
-            raise CPGError(f'--amp {args.amp} needs a CUDA device (running on {device}); drop --amp')
-        log_run_header(logger, args)
-        seed_everything(args.seed)
-        ctx = PhaseContext(args, CifarTasks(args, device, dist), logger, device, dist)
-        if args.mode == 'finetune':
-            return run_retrain(ctx) if args.finetune_again else run_finetune(ctx)
-        if args.mode == 'prune':
-            return run_prune(ctx)
-        status, results = run_inference(ctx)
-        print(format_results_table(results))
-        if args.results_file and ctx.is_main:
-            os.makedirs(os.path.dirname(os.path.abspath(args.results_file)), exist_ok=True)
-            with open(args.results_file, 'w') as f:
-                json.dump(results, f, indent=2)
-            logger.info('results written to %s', args.results_file)
-        return status
-    except GoalFileMissing as exc:
-        logger.error('%s', exc)
-        return EXIT_NO_GOAL
-    except CPGError as exc:
-        logger.error('%s', exc)
-        return EXIT_ERROR
-    finally:
-        if dist is not None:
-            dist.close()
-
-
-def process_exit_code(status):
-    """What the process exits with. Under torchrun the protocol statuses (2 widen, 3 no goal file,
-    5 no capacity, 6 stop pruning) exit 0: torchrun reports any non-zero child as a failure, with
-    a traceback, and returns 1 anyway. The status itself is in <save_folder>/exit_status."""
-    if int(os.environ.get('WORLD_SIZE', '1')) > 1 and status in PROTOCOL_STATUSES:
-        return 0
-    return status
+    return engine.main(args, CifarTasks)
 
 
 if __name__ == '__main__':
-    parser = get_args_parser()
-    args = parser.parse_args()
-    check_args(parser, args)
-    sys.exit(process_exit_code(main(args)))
+    engine.cli(get_args_parser, main)

@@ -15,12 +15,7 @@ preflight   # every task's train/test folders and class count, before any traini
 
 for task in "${TASK_LIST[@]}"; do
   echo "=== baseline: $task"
-  run_stage "$ROOT/$task" --mode finetune --dataset "$task" \
-    --epochs "$BASELINE_EPOCHS" --lr "$LR" --lr_decay_epochs $BASELINE_LR_DECAY_EPOCHS \
-    --save_goal_file "$GOALS_FILE" --log_path "$ROOT/$task/train.log"
-  if [ "$stage_status" -ne 0 ]; then
-    echo "stopping: baseline of $task exited with status $stage_status (see $ROOT/$task/train.log)" >&2
-    exit "$stage_status"
-  fi
+  baseline_stage "$ROOT/$task" "$task" "$GOALS_FILE" --epochs "$BASELINE_EPOCHS" --lr "$LR" \
+    --lr_decay_epochs $BASELINE_LR_DECAY_EPOCHS
 done
 echo "accuracy goals written to $GOALS_FILE"

@@ -30,13 +30,8 @@ for run in $(seq 1 "$RUNS"); do
     else
       echo "=== finetune run $run: $task from scratch"
     fi
-    run_stage "$ROOT/$task" --mode finetune --dataset "$task" "${init[@]}" \
-      --epochs "$BASELINE_EPOCHS" --lr "$lr" --lr_decay_epochs $BASELINE_LR_DECAY_EPOCHS \
-      --save_goal_file "logs/finetune_cifar100_acc_$run.txt" --log_path "$ROOT/$task/train.log"
-    if [ "$stage_status" -ne 0 ]; then
-      echo "stopping: finetune run $run of $task exited with status $stage_status (see $ROOT/$task/train.log)" >&2
-      exit "$stage_status"
-    fi
+    baseline_stage "$ROOT/$task" "$task" "logs/finetune_cifar100_acc_$run.txt" "${init[@]}" \
+      --epochs "$BASELINE_EPOCHS" --lr "$lr" --lr_decay_epochs $BASELINE_LR_DECAY_EPOCHS
   done
 done
 python tools/combine_goal_files.py --mode mean --out logs/finetune_avg_cifar100_acc.txt logs/finetune_cifar100_acc_*.txt

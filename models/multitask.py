@@ -8,6 +8,8 @@ import torch.nn as nn
 
 from .layers import MaskedLayer, PerTask
 
+HEAD_KINDS = ('linear',)  # experiment 3 adds the angular-margin head
+
 
 class MultiTaskNet(nn.Module):
     """Base class; subclasses implement layer_shapes, per_task_widths, head_in_features, make_head."""
@@ -16,7 +18,8 @@ class MultiTaskNet(nn.Module):
         super().__init__()
         self.base_width = base_width
         self.multiplier = multiplier       # raw multiplier of the current (widest) network
-        self.tasks = []                    # [{'name', 'num_classes', 'multiplier'}], task id = index+1
+        self.tasks = []                    # [{'name', 'num_classes', 'multiplier', 'head'}], id = index+1
+        self.head_std = 0.01
         self.heads = nn.ModuleDict()
         self.active_task = None
 
@@ -30,11 +33,18 @@ class MultiTaskNet(nn.Module):
     def head_in_features(self, multiplier):
         raise NotImplementedError
 
-    def make_head(self, in_features, num_classes):
+    def make_head(self, in_features, num_classes, kind='linear'):
+        """A task's classifier; `kind` names it in the task table (HEAD_KINDS)."""
+        if kind not in HEAD_KINDS:
+            raise ValueError(f'unknown head kind {kind!r}; choose one of {", ".join(HEAD_KINDS)}')
         head = nn.Linear(in_features, num_classes)
-        nn.init.normal_(head.weight, 0.0, 0.01)  # heads N(0, 0.01), bias 0 (spec §2.5)
+        nn.init.normal_(head.weight, 0.0, self.head_std)  # heads N(0, 0.01), bias 0 (spec §2.5)
         nn.init.zeros_(head.bias)
         return head
+
+    def load_pretrained(self, state_dict, task):
+        """Copy pretrained weights into task `task` (architectures that have them override)."""
+        raise ValueError(f'{type(self).__name__} has no pretrained-weight loader; drop PRETRAINED_PATH')
 
     def features(self, x):
         raise NotImplementedError
@@ -62,8 +72,9 @@ class MultiTaskNet(nn.Module):
             layer.widen(*shapes[name])
         self.multiplier = multiplier
 
-    def add_task(self, name, num_classes, multiplier=None):
-        """Append a task running at `multiplier` (default: current width); returns its id.
+    def add_task(self, name, num_classes, multiplier=None, head='linear'):
+        """Append a task running at `multiplier` (default: current width) with a `head` kind
+        (recorded in the task table, so a checkpoint rebuilds any mix of heads); returns its id.
 
         The new task copies the previous task's per-task modules and biases (spec §2.4) and gets
         a fresh head. A multiplier above the current one widens the network first (growing).
@@ -83,8 +94,10 @@ class MultiTaskNet(nn.Module):
         widths = self.per_task_widths(multiplier)
         for mname, module in self.per_task_modules():
             module.add_task(task, widths[mname], copy_from=prev, device=device)
-        self.heads[str(task)] = self.make_head(self.head_in_features(multiplier), num_classes).to(device)
-        self.tasks.append({'name': name, 'num_classes': num_classes, 'multiplier': multiplier})
+        self.heads[str(task)] = self.make_head(self.head_in_features(multiplier), num_classes,
+                                               head).to(device)
+        self.tasks.append({'name': name, 'num_classes': num_classes, 'multiplier': multiplier,
+                           'head': head})
         return task
 
     def set_task(self, task):

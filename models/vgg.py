@@ -35,7 +35,7 @@ class VGGCifar(MultiTaskNet):
             in_ch = out_ch
         fc = self._w(FC_WIDTH, multiplier)
         # N(0, 0.01) at the paper's width; a reduced BASE_WIDTH keeps std * sqrt(fan_in) unchanged
-        self.fc_std = 0.01 / math.sqrt(base_width)
+        self.fc_std = self.head_std = 0.01 / math.sqrt(base_width)
         layers += [nn.Flatten(),                                   # (N, 512w, 1, 1) -> (N, 512w)
                    MaskedLinear(in_ch, fc, std=self.fc_std), nn.ReLU(inplace=True),
                    MaskedLinear(fc, fc, std=self.fc_std), nn.ReLU(inplace=True)]
@@ -64,12 +64,6 @@ class VGGCifar(MultiTaskNet):
 
     def per_task_widths(self, multiplier):
         return {name: out for name, kind, out, _ in self._walk(multiplier) if kind == 'bn'}
-
-    def make_head(self, in_features, num_classes):
-        head = nn.Linear(in_features, num_classes)
-        nn.init.normal_(head.weight, 0.0, self.fc_std)
-        nn.init.zeros_(head.bias)
-        return head
 
     def head_in_features(self, multiplier):
         return self._w(FC_WIDTH, multiplier)

@@ -199,9 +199,9 @@ class TensorTasks:
                                     seed=self.args.seed)
         train = DataLoader(train_set, batch_size=self.args.batch_size // world, sampler=sampler,
                            generator=torch.Generator().manual_seed(self.args.seed))
-        return train, self.val_loader(task), self.NUM_CLASSES
+        return train, self.test_loader(task), self.NUM_CLASSES
 
-    def val_loader(self, task):
+    def test_loader(self, task):
         from torch.utils.data import DataLoader, TensorDataset
         return DataLoader(TensorDataset(*self.tensors(task, 'test')), batch_size=self.args.val_batch_size)
 
@@ -262,7 +262,7 @@ def make_toy_data(out, tasks=3, train=300, test=40, **flags):
     spec.loader.exec_module(tool)
     argv = ['--out', str(out), '--tasks', str(tasks), '--train', str(train), '--test', str(test)]
     for key, value in flags.items():
-        argv += [f'--{key}', str(value)]
+        argv += [f'--{key}'] + ([str(v) for v in value] if isinstance(value, (list, tuple)) else [str(value)])
     if tool.main(tool.get_args_parser().parse_args(argv)) != 0:
         raise RuntimeError(f'tools/make_toy_data.py failed for {out}')
     return str(out)

@@ -13,10 +13,12 @@ import sys
 import pytest
 
 from cpg_testlib import load_tool, subprocess_env
+from utils.data import default_workers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RATIO_KEYS = {'train_task1', 'train_prune', 'train_taskk', 'inference'}
 EPOCH_PARTS = {'train', 'validate', 'resume_write', 'log'}
+TRAIN_STEPS = {'dense_train', 'cpg_task1', 'cpg_prune', 'cpg_taskk'}
 
 
 @pytest.fixture(scope='module')
@@ -97,3 +99,102 @@ def test_epoch_data_takes_root_slash_task_or_a_root(tmp_path):
     assert bench.epoch_data_task(str(root)) == (str(root), 'a_task')  # a root: its first task
     with pytest.raises(SystemExit, match='--epoch_data'):
         bench.epoch_data_task(str(root / 'missing_task'))
+
+
+# ----- ResNet-50 (experiment 2) and the JPEG loader ------------------------------------------------
+@pytest.fixture(scope='module')
+def resnet_run(tmp_path_factory):
+    """One tiny ResNet-50 run: width 0.0625, 32x32 inputs, batch 4, and the loader on 16 small JPEGs
+    with the default worker count."""
+    out = tmp_path_factory.mktemp('bench_resnet') / 'out.json'
+    proc = subprocess.run([sys.executable, os.path.join(REPO, 'tools', 'benchmark.py'), '--arch', 'resnet50',
+                           '--quick', '--device', 'cpu', '--json', str(out), '--base_width', '0.0625',
+                           '--sim_width', '0.0625', '--image_size', '32', '--batches', '4', '--steps', '2',
+                           '--warmup', '1', '--loader_images', '16', '--loader_image_side', '24'],
+                          capture_output=True, text=True, timeout=300, env=subprocess_env())
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc, json.loads(out.read_text())
+
+
+@pytest.mark.slow  # the benchmark runs as a subprocess (and starts loader workers)
+def test_resnet50_benchmark_reports_ratios_and_the_loader(resnet_run):
+    proc, result = resnet_run
+    assert result['arch'] == 'resnet50' and result['model'] == 'ResNet-50'
+    assert result['image_size'] == 32 and result['base_width'] == 0.0625
+    assert result['batches'] == [4] and result['headline_batch'] == 4 and set(result['per_batch']) == {'4'}
+    assert set(result['ratios']) == RATIO_KEYS and result['ratios'] == result['per_batch']['4']['ratios']
+    assert result['targets']['train_taskk'] == 1.15 and result['targets']['inference'] == 1.05
+    per = result['per_batch']['4']
+    assert all(isinstance(v, float) and v > 0 for v in per['ratios'].values())
+    assert all(isinstance(v, float) and v > 0 for v in per['images_per_s'].values())
+    assert per['images_per_s']['cpg_taskk'] == pytest.approx(4e3 / per['ms']['cpg_taskk'])
+    loader = result['loader']
+    assert isinstance(loader['loader_images_per_s'], float) and loader['loader_images_per_s'] > 0
+    assert isinstance(loader['fed_images_per_s'], float) and loader['fed_images_per_s'] > 0
+    assert set(loader['step_images_per_s']) == TRAIN_STEPS
+    assert loader['step_images_per_s'] == {k: per['images_per_s'][k] for k in TRAIN_STEPS}
+    fastest = max(loader['step_images_per_s'].values())
+    assert loader['loader_keeps_up'] is (loader['loader_images_per_s'] >= fastest)
+    # the training loader itself: default workers for decoded files, persistent, pinned only on CUDA
+    assert loader['workers'] == default_workers(decode=True)
+    assert loader['persistent_workers'] is (loader['workers'] > 0) and loader['pin_memory'] is False
+    assert loader['batch'] == 4 and loader['image_size'] == 32 and loader['train_images'] == 16
+    assert result['checkpoint']['2']['tasks'] == 2 and result['bytes_per_weight']['20'] > 4
+    assert 'CPG vs dense ResNet-50' in proc.stdout and 'loader alone' in proc.stdout
+
+
+def test_loader_measurement_in_process(tmp_path):
+    """measure_loader on 8 tiny JPEGs without workers: both figures, the verdict, the settings."""
+    from types import SimpleNamespace
+
+    import torch
+    tool = load_tool('bench_loader')
+    args = SimpleNamespace(loader_images=8, loader_image_side=16, seed=0, loader_batch=2, image_size=16,
+                           loader_workers=0)
+    fed = []
+    report = tool.measure_loader(args, torch.device('cpu'), str(tmp_path),
+                                 lambda x, y: fed.append((tuple(x.shape), y.tolist())),
+                                 {'dense_train': 1e9, 'cpg_task1': 1.0})
+    assert report['loader_images_per_s'] > 0 and report['fed_images_per_s'] > 0
+    assert report['loader_keeps_up'] is False and report['fastest_step'] == 'dense_train'
+    assert report['workers'] == 0 and report['warmup_batches'] == 1 and report['train_images'] == 8
+    assert report['timed_images'] == {'alone': 6, 'fed': 6}  # 4 batches of 2, the first is warm-up
+    assert len(fed) == 4 and all(shape == (2, 3, 16, 16) for shape, _ in fed)
+    assert report['jpeg_sides'] == [12, 24]
+    with pytest.raises(SystemExit, match='--loader_images'):
+        tool.timed_epoch(tool.train_loader(os.path.join(str(tmp_path), 'loader_data'), 8, 16, 'cpu', 0, 0),
+                         0, 0, 1, lambda x, y: None, lambda: None)
+
+
+def test_benchmark_defaults_per_architecture_and_device():
+    """resnet50: 224 x 224, batch 32 on CUDA; reduced on CPU; the loader on. VGG: unchanged."""
+    import torch
+    bench = load_tool('benchmark')
+    for arch, device, size, batches, loader in (('resnet50', 'cuda', 224, '32', True),
+                                                ('resnet50', 'cpu', 64, '8', True),
+                                                ('custom_vgg_cifar100', 'cpu', 32, '32,128', False)):
+        args = bench.get_args_parser().parse_args(['--arch', arch])
+        bench.resolve_defaults(args, torch.device(device))
+        assert (args.image_size, args.batches, args.loader, args.base_width) == (size, batches, loader, 1.0)
+    args = bench.get_args_parser().parse_args(['--arch', 'resnet50', '--no-loader', '--image_size', '96'])
+    bench.resolve_defaults(args, torch.device('cpu'))
+    assert args.loader is False and args.image_size == 96
+    with pytest.raises(SystemExit, match='--epoch'):
+        bench.resolve_defaults(bench.get_args_parser().parse_args(['--arch', 'resnet50', '--epoch']),
+                               torch.device('cpu'))
+
+
+def test_dense_resnet50_is_torchvisions_at_the_cpg_widths():
+    """The dense reference: torchvision's ResNet-50 layout, at every width the CPG model's convs."""
+    import torch
+    import torchvision
+
+    from models import build_model
+    lib = load_tool('bench_lib')
+    shapes = [tuple(v.shape) for v in lib.plain_resnet50(1.0).state_dict().values()]
+    assert shapes == [tuple(v.shape) for v in torchvision.models.resnet50(num_classes=5).state_dict().values()]
+    for width in (0.25, 0.0625):
+        plain = [tuple(m.weight.shape[:2]) for m in lib.dense_resnet50(width).modules()
+                 if isinstance(m, torch.nn.Conv2d)]
+        assert plain == list(build_model('resnet50', base_width=width).layer_shapes(1.0).values())
+    assert lib.dense_resnet50(0.0625)(torch.randn(2, 3, 32, 32)).shape == (2, 5)

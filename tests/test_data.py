@@ -22,7 +22,7 @@ if REPO not in sys.path:
 
 from cpg_testlib import load_tool, tree_bytes  # noqa: E402
 from utils.cifar100_config import CIFAR100_TASKS, NORM_STATS  # noqa: E402
-from utils.cifar100_dataset import (TaskImageFolder, channel_stats, get_loaders,  # noqa: E402
+from utils.cifar100_dataset import (CifarTasks, TaskImageFolder, channel_stats,  # noqa: E402
                                     task_normalization)
 from utils.data import make_loader  # noqa: E402
 from utils.errors import CPGError  # noqa: E402
@@ -354,9 +354,10 @@ def _assert_loaders_normalize_with(train_loader, val_loader, mean, std):
             assert (candidates == image).flatten(1).all(dim=1).any()
 
 
-def test_get_loaders(toy_root):
-    """get_loaders returns shuffled train / ordered test loaders and the class count."""
-    train_loader, val_loader, num_classes = get_loaders(toy_root, 'toy_task_1', 4, 3, 0, 'cpu', 0)
+def test_provider_loaders(toy_root):
+    """CifarTasks.loaders returns shuffled train / ordered test loaders and the class count."""
+    args = _provider_args(toy_root, batch_size=4, val_batch_size=3, seed=0)
+    train_loader, val_loader, num_classes = CifarTasks(args, 'cpu').loaders('toy_task_1')
     assert num_classes == 3
     assert len(train_loader.dataset) == 12 and len(val_loader.dataset) == 6
     assert train_loader.dataset.train_transform and not val_loader.dataset.train_transform
@@ -368,11 +369,126 @@ def test_get_loaders(toy_root):
     _assert_loaders_normalize_with(train_loader, val_loader, mean, std)
 
 
-def test_get_loaders_use_the_table_for_known_tasks(tmp_path):
+def test_provider_loaders_use_the_table_for_known_tasks(tmp_path):
     """A task of the paper's table is normalized with the table's row, not its own statistics."""
     args = toy.get_args_parser().parse_args(
         ['--out', str(tmp_path), '--task_names', 'fish', '--classes', '2', '--train', '3', '--test', '2'])
     assert toy.main(args) == 0
-    train_loader, val_loader, _ = get_loaders(str(tmp_path), 'fish', 3, 2, 0, 'cpu', 0)
+    args = _provider_args(tmp_path, batch_size=3, val_batch_size=2, seed=0)
+    train_loader, val_loader, _ = CifarTasks(args, 'cpu').loaders('fish')
     assert NORM_STATS['fish'] != channel_stats(train_loader.dataset.images)
     _assert_loaders_normalize_with(train_loader, val_loader, *NORM_STATS['fish'])
+
+
+# (f) the honest validation split -------------------------------------------------------------
+
+from types import SimpleNamespace  # noqa: E402
+
+from utils.data import stratified_split  # noqa: E402
+
+
+def test_stratified_split_is_disjoint_stratified_and_deterministic():
+    """round(fraction * n_c) (half up) per class, at least 1, never all; sorted, disjoint, complete."""
+    # class sizes 10, 5, 2, 1, 3 (interleaved, so positions != classes)
+    targets = [0] * 10 + [1] * 5 + [2] * 2 + [3] + [4] * 3
+    order = torch.randperm(len(targets), generator=torch.Generator().manual_seed(0))
+    targets = torch.tensor(targets)[order]
+    train, val = stratified_split(targets, 0.25, seed=7)
+    assert train == sorted(train) and val == sorted(val)
+    assert set(train).isdisjoint(val) and sorted(train + val) == list(range(len(targets)))
+    held = {c: int((targets[val] == c).sum()) for c in range(5)}
+    # 10 * .25 = 2.5 -> 3; 5 * .25 = 1.25 -> 1; 2 * .25 = .5 -> 1; a single sample stays; 3 -> 1
+    assert held == {0: 3, 1: 1, 2: 1, 3: 0, 4: 1}
+    assert stratified_split(targets, 0.25, seed=7) == (train, val)
+    assert stratified_split(targets.tolist(), 0.25, seed=7) == (train, val)  # list or tensor
+    assert stratified_split(targets, 0.25, seed=8)[1] != val
+    # small classes keep at least one training sample, even at a high fraction
+    train_hi, val_hi = stratified_split(targets, 0.9, seed=7)
+    assert all(int((targets[train_hi] == c).sum()) >= 1 for c in range(5))
+    assert stratified_split(targets, 0.0, seed=7) == (list(range(len(targets))), [])
+    for bad in (-0.1, 1.0, 1.5):
+        with pytest.raises(CPGError, match='val_fraction'):
+            stratified_split(targets, bad, seed=7)
+
+
+def _provider_args(root, **overrides):
+    args = dict(data_root=str(root), batch_size=4, val_batch_size=5, workers=0, seed=3,
+                val_fraction=0.0, num_classes=None)
+    args.update(overrides)
+    return SimpleNamespace(**args)
+
+
+def forbid_paths(monkeypatch, prefix):
+    """Record every stat / listing / open of a path under `prefix` (a list, filled as they happen)."""
+    import builtins
+    touched, prefix = [], os.path.abspath(prefix)
+
+    def spy(function):
+        def wrapper(path, *args, **kwargs):
+            if isinstance(path, (str, bytes, os.PathLike)):
+                name = os.path.abspath(os.fsdecode(path))
+                if name == prefix or name.startswith(prefix + os.sep):
+                    touched.append((function.__name__, name))
+            return function(path, *args, **kwargs)
+        return wrapper
+
+    for module, name in ((os, 'stat'), (os, 'lstat'), (os, 'listdir'), (os, 'scandir'),
+                         (builtins, 'open')):
+        monkeypatch.setattr(module, name, spy(getattr(module, name)))
+    return touched
+
+
+def test_val_fraction_never_touches_the_test_split(tmp_path, monkeypatch):
+    """val_fraction > 0: selection on held-out train images; the test folder is not opened,
+    listed or stat'ed (here: absent, and spied on); test_loader then fails clearly."""
+    root = tmp_path / 'data'
+    assert _make_toy(root, train=6) == 0  # 3 classes x 6 train images
+    test_dir = root / 'test'
+    import shutil
+    shutil.rmtree(test_dir)
+    touched = forbid_paths(monkeypatch, str(test_dir))
+    provider = CifarTasks(_provider_args(root, val_fraction=0.34), 'cpu')
+    train, select, num_classes = provider.loaders('toy_task_1')
+    assert touched == [] and num_classes == 3
+    # 6 per class: round(2.04) = 2 held out per class
+    assert len(select.dataset) == 6 and len(train.dataset) == 12
+    assert not select.dataset.train_transform and train.dataset.train_transform
+    assert select.dataset.images is train.dataset.images  # a view: decoded once, shared
+    rows = torch.cat([train.dataset.rows, select.dataset.rows]).sort().values
+    assert rows.tolist() == list(range(18))
+    assert sorted(select.dataset.targets.tolist()) == [0, 0, 1, 1, 2, 2]
+    # held-out items are the plain normalized images (no augmentation), in row order
+    mean, std = task_normalization(str(root), 'toy_task_1')
+    images = torch.cat([x for x, _ in select])
+    assert torch.equal(images, _normalized(train.dataset.images[select.dataset.rows], mean, std))
+    with pytest.raises(CPGError) as info:
+        provider.test_loader('toy_task_1')
+    message = str(info.value)
+    assert str(test_dir / 'toy_task_1') in message and 'val_fraction' in message
+    assert touched  # the spy sees test_loader's look (so it would have seen loaders')
+
+
+def test_val_fraction_zero_selects_on_the_test_split(toy_root):
+    """The paper's behaviour: select loader == test loader == the test split, in order."""
+    provider = CifarTasks(_provider_args(toy_root), 'cpu')
+    train, select, num_classes = provider.loaders('toy_task_1')
+    assert num_classes == 3 and len(train.dataset) == 12 and len(select.dataset) == 6
+    test = provider.test_loader('toy_task_1')
+    for (xa, ya), (xb, yb) in zip(select, test):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    assert provider.val_loader == provider.test_loader  # the name the engine used before
+
+
+def test_provider_checks_class_count_and_batch(toy_root):
+    """--num_classes must match the folders; the global batch must split over the ranks."""
+    with pytest.raises(CPGError) as info:
+        CifarTasks(_provider_args(toy_root, num_classes=5), 'cpu').loaders('toy_task_1')
+    message = str(info.value)
+    assert 'has 3 classes' in message and 'is 5' in message and 'NUM_CLASSES/--num_classes' in message
+    assert CifarTasks(_provider_args(toy_root, num_classes=3), 'cpu').loaders('toy_task_1')[2] == 3
+    three_ranks = SimpleNamespace(world_size=3, rank=0)
+    with pytest.raises(CPGError) as info:
+        CifarTasks(_provider_args(toy_root, batch_size=8), 'cpu', three_ranks).loaders('toy_task_1')
+    assert '--batch_size 8' in str(info.value) and '3 ranks' in str(info.value)
+    with pytest.raises(CPGError, match='val_fraction'):
+        CifarTasks(_provider_args(toy_root, val_fraction=1.0), 'cpu')

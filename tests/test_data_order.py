@@ -5,17 +5,16 @@ import importlib.util
 import json
 import os
 import random
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-import CPG_cifar100_main as cli
-from utils.cifar100_dataset import get_loaders
-from utils.data import WorkerSeeder, make_loader, seed_loader_epoch
+from utils.cifar100_dataset import CifarTasks
+from utils.data import EpochKeyedSampler, WorkerSeeder, make_loader, seed_loader_epoch
 from utils.distributed import Distributed, RankSeededSampler
-from utils.manager import Manager
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TASK = 'toy_task_1'
@@ -46,9 +45,10 @@ def _same(batches_a, batches_b):
 
 
 def _train_loader(root, workers, dist=None):
-    if dist is None:
-        return get_loaders(root, TASK, 8, 10, workers, 'cpu', SEED)[0]
-    return dist.loaders(root, TASK, 4, 10, workers, 'cpu', SEED)[0]
+    """The provider's train loader, global batch 8 (under 2 ranks: 4 per rank)."""
+    args = SimpleNamespace(data_root=root, batch_size=8, val_batch_size=10, workers=workers,
+                           seed=SEED, val_fraction=0.0, num_classes=None)
+    return CifarTasks(args, 'cpu', dist).loaders(TASK)[0]
 
 
 @pytest.mark.parametrize('workers', [0, pytest.param(2, marks=pytest.mark.slow)])  # 2: worker processes
@@ -56,6 +56,8 @@ def test_epoch_batches_depend_only_on_seed_and_epoch(small_toy, workers):
     """Epochs 0..3 in one loader, then epoch 3 alone in a fresh one: bitwise the same batches."""
     loader = _train_loader(small_toy, workers)
     assert loader.num_workers == workers
+    # keyed samples: train workers live across epochs and stay exact
+    assert isinstance(loader.sampler, EpochKeyedSampler) and loader.persistent_workers == (workers > 0)
     continued = [_epoch(loader, epoch) for epoch in range(4)]
     torch.manual_seed(12345)  # another process's history of the global RNG
     resumed = _epoch(_train_loader(small_toy, workers), 3)
@@ -73,6 +75,24 @@ def test_distributed_rank_loader_resumes_exactly(small_toy):
     continued = [_epoch(loader, epoch) for epoch in range(4)]
     assert _same(continued[3], _epoch(_train_loader(small_toy, 2, dist), 3))
     assert not _same(continued[2], continued[3])
+
+
+@pytest.mark.slow  # starts processes
+def test_batches_do_not_depend_on_the_worker_count(small_toy):
+    """Per-sample keys: 0, 1 or 2 workers give bitwise the same batches, epoch after epoch, and
+    under DDP the ranks' batches together are one process's (persistent workers included)."""
+    by_workers = {w: [_epoch(loader, e) for e in range(3)]
+                  for w, loader in ((w, _train_loader(small_toy, w)) for w in (0, 1, 2))}
+    assert all(_same(a, b) for a, b in zip(by_workers[0], by_workers[1]))
+    assert all(_same(a, b) for a, b in zip(by_workers[0], by_workers[2]))
+    ranks = [_train_loader(small_toy, 2 - rank, Distributed(rank, rank, 2, 'cpu', 'gloo'))
+             for rank in (0, 1)]
+    for epoch in range(3):
+        shards = [_epoch(loader, epoch) for loader in ranks]
+        for k, (images, labels) in enumerate(by_workers[0][epoch]):
+            (x0, y0), (x1, y1) = shards[0][k], shards[1][k]
+            assert torch.equal(labels, torch.stack([y0, y1], dim=1).flatten())
+            assert torch.equal(images, torch.stack([x0, x1], dim=1).flatten(0, 1))
 
 
 class _Draws(Dataset):
@@ -126,6 +146,7 @@ def test_seed_loader_epoch_refuses_persistent_workers():
 
 # ----- run level: Phase A with loader workers, interrupted and resumed -------------------------------
 def _phase_a_args(root, goals, save_folder):
+    import CPG_cifar100_main as cli
     argv = ['--mode', 'finetune', '--dataset', TASK, '--data_root', root, '--save_folder', save_folder,
             '--epochs', '2', '--base_width', '0.0625', '--workers', '2', '--device', 'cpu',
             '--batch_size', '16', '--baseline_acc_file', goals, '--train_acc_gate', '0',
@@ -139,6 +160,8 @@ def _phase_a_args(root, goals, save_folder):
 @pytest.mark.slow
 def test_phase_a_with_workers_resumes_bitwise(small_toy, tmp_path, monkeypatch):
     """Phase A, 2 epochs, 2 workers: interrupted after epoch 1 and rerun == uninterrupted, bitwise."""
+    import CPG_cifar100_main as cli
+    from utils.manager import Manager
     goals = str(tmp_path / 'goals.json')
     with open(goals, 'w') as f:
         json.dump({TASK: '0.0000'}, f)

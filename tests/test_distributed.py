@@ -144,7 +144,7 @@ def _run_stages(out_dir, world, ports):
     """The four stages through CPG_cifar100_main.main; what each rank held at the end of each."""
     import CPG_cifar100_main as cli
     from utils.checkpoint import CHECKPOINT_NAME, frozen_state_dict
-    from utils.phases import PhaseContext
+    from utils.context import PhaseContext
 
     cli.CifarTasks = TensorTasks  # in-memory data; the phases and the sampler are production code
     final, logged, mismatches = {}, [], []
@@ -457,7 +457,7 @@ def test_image_loaders_give_one_process_the_ranks_global_batches(tmp_path):
     process (batch 16) exactly the union of the 2 ranks' batches (8 each), augmentation included.
     No process group needed: Distributed's loaders only shard."""
     import CPG_cifar100_main as cli
-    from utils.phases import PhaseContext
+    from utils.context import PhaseContext
     root = make_toy_data(tmp_path / 'data', tasks=1, train=8, test=2)  # 40 images: 2.5 global batches
     args = cli.get_args_parser().parse_args(['--mode', 'finetune', '--dataset', 'toy_task_1',
                                              '--data_root', root, '--save_folder', str(tmp_path),

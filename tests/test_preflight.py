@@ -157,6 +157,75 @@ def test_preflight_and_loader_agree(tmp_path):
     assert loaded.classes == ['a'] and len(loaded) == 1
 
 
+# ----- experiment 2's layout, and the train split alone (VAL_FRACTION > 0) -------------------------------
+@pytest.fixture()
+def finegrained(tmp_path):
+    """imagenet (train/val), birds_cropped and flowers (train/test): 3 classes, 2 / 1 JPEGs each."""
+    root = tmp_path / 'fg'
+    args = toy.get_args_parser().parse_args(
+        ['--out', str(root), '--layout', 'finegrained', '--task_names', 'imagenet', 'birds_cropped',
+         'flowers', '--classes', '3', '--train', '2', '--test', '1', '--size', '16'])
+    assert toy.main(args) == 0
+    return root
+
+
+FG_TASKS = ['imagenet', 'birds_cropped', 'flowers']
+
+
+def test_finegrained_layout(finegrained):
+    root = finegrained
+    assert preflight.check_tasks(str(root), FG_TASKS, None, layout='finegrained') == []
+    assert preflight.check_tasks(str(root), FG_TASKS, 3, layout='finegrained') == []
+    shutil.rmtree(root / 'imagenet' / 'val')
+    shutil.rmtree(root / 'flowers' / 'train' / 'class_1')
+    problems = preflight.check_tasks(str(root), FG_TASKS, {'birds_cropped': 200}, layout='finegrained')
+    assert problems == [
+        f'imagenet: no folder {root / "imagenet" / "val"}',  # imagenet's test split is val/
+        f'birds_cropped: 3 classes in {root / "birds_cropped" / "train"}, NUM_CLASSES is 200',
+        f'birds_cropped: 3 classes in {root / "birds_cropped" / "test"}, NUM_CLASSES is 200',
+        f'flowers: class folders differ between splits (class_1 only in {root / "flowers" / "test"})',
+    ]
+    # --splits train: with VAL_FRACTION > 0 no test split is needed
+    assert preflight.check_tasks(str(root), ['imagenet'], None, splits=('train',), layout='finegrained') == []
+
+
+def test_finegrained_cli_in_process(finegrained, capsys):
+    """--layout finegrained without --num_classes prints the class counts it found; --splits
+    train accepts a task without test split; errors stay one line."""
+    root = finegrained
+    parser = preflight.get_args_parser()
+
+    def run(*argv):
+        args = parser.parse_args(['--data_root', str(root), *argv])
+        preflight.check_args(parser, args)
+        return preflight.main(args), capsys.readouterr()
+
+    status, out = run('--layout', 'finegrained', '--tasks', *FG_TASKS)
+    assert status == 0 and out.err == ''
+    assert out.out.startswith('preflight: 3 tasks OK (') and 'imagenet 3, birds_cropped 3, flowers 3' in out.out
+    shutil.rmtree(root / 'flowers' / 'test')
+    status, out = run('--layout', 'finegrained', '--tasks', *FG_TASKS)
+    lines = out.err.splitlines()
+    assert status == 1 and len(lines) == 1 and lines[0].startswith('error: preflight: ')
+    assert f'flowers: no folder {root / "flowers" / "test"}' in lines[0] and 'check_data.py' in lines[0]
+    status, out = run('--layout', 'finegrained', '--splits', 'train', '--tasks', *FG_TASKS)
+    assert status == 0 and 'train, classes' in out.out
+    with pytest.raises(SystemExit) as info:  # the cifar layout still needs NUM_CLASSES
+        run('--tasks', 'flowers')
+    assert info.value.code == 1 and '--num_classes (NUM_CLASSES) is required' in capsys.readouterr().err
+
+
+def test_cifar_splits_train_does_not_need_the_test_split(data, capsys):
+    root, _ = data
+    shutil.rmtree(root / 'test')
+    parser = preflight.get_args_parser()
+    args = parser.parse_args(['--data_root', str(root), '--num_classes', '5', '--splits', 'train',
+                              '--tasks', *TASKS])
+    preflight.check_args(parser, args)
+    assert preflight.main(args) == 0
+    assert capsys.readouterr().out.startswith('preflight: 3 tasks OK (')
+
+
 # ----- the command line -----------------------------------------------------------------------------
 def _cli(*argv):
     return subprocess.run([sys.executable, os.path.join(REPO, 'tools', 'preflight.py'), *argv],

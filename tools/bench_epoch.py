@@ -6,6 +6,7 @@ import statistics
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -15,7 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # tools/: bench_
 
 from bench_lib import ARCH, NUM_CLASSES, dense_vgg, paired_ratio, second_task  # noqa: E402
 from utils.checkpoint import save_checkpoint  # noqa: E402
-from utils.cifar100_dataset import get_loaders  # noqa: E402
+from utils.cifar100_dataset import CifarTasks  # noqa: E402
 from utils.data import default_workers, make_loader, seed_loader_epoch  # noqa: E402
 from utils.errors import CPGError  # noqa: E402
 from utils.logger import append_jsonl, setup_logger  # noqa: E402
@@ -200,8 +201,10 @@ def measure_epochs(args, device, folder, data=None):
     root, task = data or generate_epoch_task(args, folder)
     workers = default_workers()
     try:
-        train_loader, val_loader, num_classes = get_loaders(root, task, EPOCH_BATCH, EPOCH_VAL_BATCH,
-                                                            workers, device, args.seed)
+        # experiment 1's provider: the paper's selection on the test split (val_fraction 0)
+        data_args = SimpleNamespace(data_root=root, batch_size=EPOCH_BATCH, val_batch_size=EPOCH_VAL_BATCH,
+                                    workers=workers, seed=args.seed, val_fraction=0.0, num_classes=None)
+        train_loader, val_loader, num_classes = CifarTasks(data_args, device).loaders(task)
     except CPGError as exc:
         raise SystemExit(f'error: {exc}') from None
     logger = setup_logger(os.path.join(folder, 'epoch.log'), name='benchmark.epoch')

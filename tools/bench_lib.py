@@ -1,6 +1,7 @@
-"""Models and file sizes of tools/benchmark.py: the dense reference VGG16-BN, CPG tasks built
-without data (task 1, a pruned task 1 + picking task 2, a simulated T-task model), and the bytes
-per shared weight of the exported file."""
+"""Models and file sizes of tools/benchmark.py: the architectures it compares (BENCH_MODELS: the
+CPG backbone, its dense reference from plain modules, the default input and batches per device),
+CPG tasks built without data (task 1, a pruned task 1 + picking task 2, a simulated T-task model),
+and the bytes per shared weight of the exported file."""
 import io
 import os
 import statistics
@@ -13,6 +14,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from models import build_model  # noqa: E402
 from models.layers import PICK_INIT, PICK_THRESHOLD, scaled_width  # noqa: E402
+from models.resnet import BLOCKS, EXPANSION, PLANES  # noqa: E402
 from models.vgg import FC_WIDTH, VGG16_CFG  # noqa: E402
 from utils.compact import compact_state_dict, owner_bits, save_compact_checkpoint  # noqa: E402
 from utils.checkpoint import save_checkpoint  # noqa: E402
@@ -48,6 +50,68 @@ def dense_vgg(base_width, num_classes=NUM_CLASSES):
     return nn.Sequential(*layers)
 
 
+class PlainBottleneck(nn.Module):
+    """torchvision's Bottleneck (v1.5: stride on the 3x3) from plain nn.Conv2d / nn.BatchNorm2d."""
+
+    def __init__(self, in_ch, inner, out, stride, downsample):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(in_ch, inner, 1, bias=False), nn.BatchNorm2d(inner)
+        self.conv2 = nn.Conv2d(inner, inner, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(inner)
+        self.conv3, self.bn3 = nn.Conv2d(inner, out, 1, bias=False), nn.BatchNorm2d(out)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = (nn.Sequential(nn.Conv2d(in_ch, out, 1, stride=stride, bias=False),
+                                         nn.BatchNorm2d(out)) if downsample else None)
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        return self.relu(self.bn3(self.conv3(out)) + identity)
+
+
+def plain_resnet50(base_width, num_classes=NUM_CLASSES):
+    """torchvision's ResNet-50 layout at the widths of models/resnet.py's ResNetMT at multiplier 1
+    (stem 64w, bottleneck inner int(planes * w), output int(4 * planes * w)), from plain modules."""
+    stem = scaled_width(64, base_width, 1.0)
+    layers = [nn.Conv2d(3, stem, 7, stride=2, padding=3, bias=False), nn.BatchNorm2d(stem),
+              nn.ReLU(inplace=True), nn.MaxPool2d(3, stride=2, padding=1)]
+    in_ch = stem
+    for i, (planes, blocks) in enumerate(zip(PLANES, BLOCKS)):
+        inner, out = max(1, int(planes * base_width)), max(1, int(planes * base_width * EXPANSION))
+        layers += [PlainBottleneck(in_ch if b == 0 else out, inner, out, (1 if i == 0 else 2) if b == 0 else 1,
+                                   b == 0) for b in range(blocks)]
+        in_ch = out
+    layers += [nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten(), nn.Linear(in_ch, num_classes)]
+    for module in layers:
+        for conv in (m for m in module.modules() if isinstance(m, nn.Conv2d)):
+            nn.init.kaiming_normal_(conv.weight, mode='fan_out', nonlinearity='relu')
+    return nn.Sequential(*layers)
+
+
+def dense_resnet50(base_width, num_classes=NUM_CLASSES):
+    """The dense reference of the CPG ResNet-50: torchvision.models.resnet50 itself at the paper's
+    width, the same network from plain modules (plain_resnet50) at a reduced one."""
+    if base_width == 1.0:
+        import torchvision
+        return torchvision.models.resnet50(weights=None, num_classes=num_classes)
+    return plain_resnet50(base_width, num_classes)
+
+
+# The architectures tools/benchmark.py --arch compares: label, dense reference, and the defaults
+# per device type of the input side, the batches ('32,128': one measurement each) and the width.
+# ResNet-50 on CPU runs at a reduced input and batch (about 1 min on 2 cores); on CUDA at the
+# paper's 224 x 224 and batch 32. `loader`: the JPEG loader measurement runs by default.
+BENCH_MODELS = {
+    'custom_vgg_cifar100': {'label': 'VGG16-BN', 'dense': dense_vgg, 'loader': False, 'epoch': True,
+                            'image_size': {'cpu': 32, 'cuda': 32}, 'batches': {'cpu': '32,128', 'cuda': '32,128'},
+                            'base_width': {'cpu': 1.0, 'cuda': 1.0}},
+    'resnet50': {'label': 'ResNet-50', 'dense': dense_resnet50, 'loader': True, 'epoch': False,
+                 'image_size': {'cpu': 64, 'cuda': 224}, 'batches': {'cpu': '8', 'cuda': '32'},
+                 'base_width': {'cpu': 1.0, 'cuda': 1.0}},
+}
+
+
 def begin_all(model, task, learn_pick=False, fixed_pick=False):
     for _, layer in model.masked_layers():
         layer.begin_phase(task, learn_pick=learn_pick, fixed_pick=fixed_pick, weight_decay=WEIGHT_DECAY)
@@ -58,9 +122,9 @@ def end_all(model):
         layer.end_phase()
 
 
-def first_task(base_width, device, num_classes=NUM_CLASSES):
+def first_task(base_width, device, num_classes=NUM_CLASSES, arch=ARCH):
     """Phase A of task 1 (no pick mask)."""
-    model = build_model(ARCH, base_width=base_width).to(device)
+    model = build_model(arch, base_width=base_width).to(device)
     model.add_task('task1', num_classes)
     assign_free_capacity(model, 1)
     begin_all(model, 1)
@@ -76,9 +140,9 @@ def release_all(model, task, sparsity):
         release_smallest(layer, task, sparsity, pool)
 
 
-def second_task(base_width, device, num_classes=NUM_CLASSES):
+def second_task(base_width, device, num_classes=NUM_CLASSES, arch=ARCH):
     """Task 2 in Phase A over task 1 pruned to 50%: picks learned, weights gated by ownership."""
-    model = first_task(base_width, device, num_classes)
+    model = first_task(base_width, device, num_classes, arch)
     release_all(model, 1, 0.5)
     end_all(model)
     task = model.add_task('task2', num_classes)
@@ -146,14 +210,14 @@ def count_bytes(model):
     return counts
 
 
-def size_report(model, folder):
+def size_report(model, folder, arch=ARCH):
     """Size of model's exported file (owner ids in owner_bits(T) bits) per shared weight against
     the target: 4 + T/8 bytes per weight, +5% for the file format, plus the per-task norms, biases
     and heads as stored. The training checkpoint (whole uint8 owner ids) is given for comparison."""
     tasks = len(model.tasks)
     path = os.path.join(folder, f'tasks{tasks}.pth.tar')
-    file_bytes = save_compact_checkpoint(path, model, ARCH)
-    training_bytes = save_checkpoint(path + '.training', model, ARCH, frozen=True)
+    file_bytes = save_compact_checkpoint(path, model, arch)
+    training_bytes = save_checkpoint(path + '.training', model, arch, frozen=True)
     counts = count_bytes(model)
     n = counts['shared_weights']
     bound = (4 + tasks / 8) * 1.05 + counts['per_task_file'] / n

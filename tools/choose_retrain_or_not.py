@@ -16,6 +16,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from utils.checkpoint import CHECKPOINT_NAME, atomic_write_json, copy_checkpoint  # noqa: E402
+from utils.cli import run_tool  # noqa: E402
 from utils.errors import CPGError  # noqa: E402
 from utils.logger import setup_logger  # noqa: E402
 
@@ -56,8 +57,4 @@ def main(args):
 
 
 if __name__ == '__main__':
-    try:
-        sys.exit(main(get_args_parser().parse_args()))
-    except CPGError as exc:
-        sys.stderr.write(f'error: {exc}\n')
-        sys.exit(1)
+    run_tool(main, get_args_parser())

@@ -1,10 +1,16 @@
-"""Generate small, deterministic, learnable toy tasks in the CIFAR layout.
+"""Generate small, deterministic, learnable toy tasks in the CIFAR or the fine-grained layout.
 
-Layout: <out>/{train,test}/<task>/<class>/<i>.png (i zero-padded to 5 digits).
+--layout cifar (default, experiment 1):
+    <out>/{train,test}/<task>/<class>/<i>.png (i zero-padded to 5 digits), --size x --size.
+--layout finegrained (experiment 2):
+    <out>/<task>/{train,test}/<class>/<i>.jpg ('imagenet' gets {train,val}), JPEG images of
+    varying, non-square sizes: each side drawn between 0.75x and 1.5x --size, so that the
+    resize / crop paths of the experiment-2 transforms are exercised.
 
 Each (task, class) has its own prototype (task-specific background tint and stripes plus a few
 class-specific coloured blobs); every image is the prototype shifted by up to +-2 px plus
-Gaussian pixel noise. The same flags and seed always give byte-identical files.
+Gaussian pixel noise (fine-grained: then resized to its own size). The same flags and seed always
+give byte-identical files.
 """
 
 import argparse
@@ -17,6 +23,9 @@ import numpy as np
 from PIL import Image
 
 SPLITS = ('train', 'test')
+LAYOUTS = ('cifar', 'finegrained')
+SIZE_RANGE = (0.75, 1.5)  # fine-grained: each side between these multiples of --size
+JPEG_QUALITY = 90
 SHIFT = 2  # maximal shift in pixels, each direction
 BLOBS = 3  # coloured blobs per class prototype
 
@@ -25,6 +34,10 @@ def get_args_parser():
     """Command-line flags of the toy-data generator."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--out', default='data/toy', help='output data folder')
+    parser.add_argument('--layout', choices=LAYOUTS, default='cifar',
+                        help='cifar: <out>/<split>/<task>/<class>/*.png (experiment 1); finegrained: '
+                             '<out>/<task>/<split>/<class>/*.jpg of varying sizes (experiment 2; '
+                             '"imagenet" gets train/val)')
     parser.add_argument('--tasks', type=int, default=3, help='number of tasks toy_task_1..N')
     parser.add_argument('--task_names', nargs='+', default=None,
                         help='explicit task names (overrides --tasks)')
@@ -91,12 +104,26 @@ def class_images(prototype, count, noise, rng):
     return np.round(np.clip(noisy, 0.0, 1.0) * 255).astype(np.uint8)
 
 
+def _varied_size(image, rng, size):
+    """`image` (size, size, 3) resized to a random (h, w), each in SIZE_RANGE x size (bilinear)."""
+    low, high = (int(round(f * size)) for f in SIZE_RANGE)
+    height, width = (int(v) for v in rng.integers(low, high + 1, size=2))
+    return Image.fromarray(image).resize((width, height), Image.BILINEAR)
+
+
 def write_task(out, task, task_index, args):
     """Rewrite both splits of one task from scratch; returns the number of images written."""
     prototypes = task_prototypes(args.seed, task_index, args.classes, args.size)
+    finegrained = args.layout == 'finegrained'
+    if finegrained and os.path.isdir(os.path.join(out, task)):
+        shutil.rmtree(os.path.join(out, task))  # also a stale val/ or test/ of another name
     written = 0
     for split_index, split in enumerate(SPLITS):
-        task_dir = os.path.join(out, split, task)
+        if finegrained:
+            folder = 'val' if task == 'imagenet' and split == 'test' else split
+            task_dir = os.path.join(out, task, folder)
+        else:
+            task_dir = os.path.join(out, split, task)
         # Delete-and-rewrite: stale files from a run with other flags must not survive.
         if os.path.isdir(task_dir):
             shutil.rmtree(task_dir)
@@ -106,7 +133,11 @@ def write_task(out, task, task_index, args):
             class_dir = os.path.join(task_dir, f'class_{class_index}')
             os.makedirs(class_dir)
             for i, image in enumerate(class_images(prototype, count, args.noise, rng)):
-                Image.fromarray(image).save(os.path.join(class_dir, f'{i:05d}.png'), format='PNG')
+                if finegrained:
+                    _varied_size(image, rng, args.size).save(
+                        os.path.join(class_dir, f'{i:05d}.jpg'), format='JPEG', quality=JPEG_QUALITY)
+                else:
+                    Image.fromarray(image).save(os.path.join(class_dir, f'{i:05d}.png'), format='PNG')
             written += count
     return written
 
@@ -122,9 +153,11 @@ def main(args):
         print(f'error: cannot write under {args.out} ({message}); choose a writable --out',
               file=sys.stderr)
         return 1
+    size = (f'{args.size}px' if args.layout == 'cifar' else
+            f'JPEG, sides {int(round(SIZE_RANGE[0] * args.size))}-{int(round(SIZE_RANGE[1] * args.size))}px')
     print(f'{args.out}: {len(names)} tasks x {args.classes} classes, {args.train} train + '
-          f'{args.test} test images per class ({total} images, {args.size}px, noise {args.noise}) '
-          f'in {time.time() - start:.1f}s')
+          f'{args.test} test images per class ({total} images, {args.layout} layout, {size}, '
+          f'noise {args.noise}) in {time.time() - start:.1f}s')
     return 0
 
 

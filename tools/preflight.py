@@ -3,11 +3,17 @@
 Usage (the experiment scripts, right after sourcing experiment1/common.sh):
   python tools/preflight.py --data_root "$DATA_ROOT" --num_classes "$NUM_CLASSES" \
       --tasks "${TASK_LIST[@]}" [--goals_file "$GOALS_FILE"]
+  python tools/preflight.py --layout finegrained --data_root "$DATA_ROOT" --tasks ...  # experiment 2
+With VAL_FRACTION > 0 the selections never read the test split: pass --splits train.
+
+Layouts: cifar <data_root>/<split>/<task>/<class>/ (--num_classes required); finegrained
+<data_root>/<task>/<split>/<class>/ with imagenet's test split in val/ (--num_classes optional:
+class counts come from the folders, and are printed).
 
 All tasks are checked, then: one stdout line "preflight: N tasks OK (...)" and exit 0, or ONE
 stderr line "error: preflight: <problem>; <problem>; ...; to fix: ..." and exit 1. Nothing is
 decoded: class folders are listed and each is read only up to its first image, with the loaders'
-own discovery rules (utils/cifar100_dataset.py), so preflight and training never disagree.
+own discovery rules (utils/folder_tasks.py), so preflight and training never disagree.
 """
 import argparse
 import os
@@ -15,12 +21,16 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from utils.cifar100_dataset import class_folders, has_image  # noqa: E402
+from utils.finegrained_dataset import split_dir as finegrained_split_dir  # noqa: E402
 from utils.errors import CPGError  # noqa: E402
+from utils.folder_tasks import class_folders, has_image  # noqa: E402
 from utils.records import read_goals  # noqa: E402
 
 DATA_HINT = ('set DATA_ROOT, TASKS and NUM_CLASSES to match the data, or prepare it '
              '(tools/cifar100_to_png.py, README "Data preparation")')
+FINEGRAINED_DATA_HINT = ('set DATA_ROOT and TASKS to match the data, or prepare it (README "Data '
+                         'preparation (experiment 2)"; tools/check_data.py --experiment 2)')
+LAYOUTS = ('cifar', 'finegrained')
 GOAL_HINT = ('write the missing goals with experiment1/baseline_cifar100.sh '
              '(or by hand: JSON {"<task>": "0.xxxx"})')
 
@@ -37,12 +47,17 @@ def get_args_parser():
     parser = PreflightParser('preflight.py', description=__doc__.splitlines()[0])
     # Data
     parser.add_argument('--data_root', required=True,
-                        help='dataset root holding <split>/<task>/<class>/<image>')
+                        help='dataset root holding <split>/<task>/<class>/<image> (cifar layout) or '
+                             '<task>/<split>/<class>/<image> (finegrained)')
+    parser.add_argument('--layout', choices=LAYOUTS, default='cifar',
+                        help='cifar (experiment 1) or finegrained (experiment 2; imagenet: val/ is its test split)')
     parser.add_argument('--tasks', nargs='*', required=True, help='task folder names, in order')
-    parser.add_argument('--num_classes', type=int, nargs='+', required=True,
-                        help='classes per task: one value for every task, or one per task')
-    parser.add_argument('--splits', nargs='+', default=['train', 'test'],
-                        help='split folders every task must have')
+    parser.add_argument('--num_classes', type=int, nargs='+', default=None,
+                        help='classes per task: one value for every task, or one per task '
+                             '(required for the cifar layout; finegrained: optional)')
+    parser.add_argument('--splits', nargs='+', default=['train', 'test'], choices=['train', 'test'],
+                        help='splits every task must have; "train" alone when VAL_FRACTION > 0 '
+                             '(selection on held-out train images: the test split is not needed)')
     # Goals
     parser.add_argument('--goals_file', default=None,
                         help='accuracy-goal JSON; when given, every task needs a goal there')
@@ -77,12 +92,21 @@ def _split_problems(task, task_dir, expected):
     return problems, classes
 
 
-def _task_problems(data_root, task, expected, splits):
+def task_split_dir(data_root, task, split, layout='cifar'):
+    """The folder holding the class folders of `task`'s `split` in `layout`."""
+    if layout == 'finegrained':
+        return finegrained_split_dir(data_root, task, split)
+    return os.path.join(data_root, split, task)
+
+
+def _task_problems(data_root, task, expected, splits, layout='cifar', found_classes=None):
     """Every problem of one task's folders, over all splits."""
     problems, classes_of = [], {}
     for split in splits:
-        task_dir = os.path.join(data_root, split, task)
+        task_dir = task_split_dir(data_root, task, split, layout)
         found, classes = _split_problems(task, task_dir, expected)
+        if classes is not None and found_classes is not None:
+            found_classes.setdefault(task, len(classes))
         problems += found
         if classes is not None:
             classes_of[task_dir] = classes
@@ -97,8 +121,11 @@ def _task_problems(data_root, task, expected, splits):
     return problems
 
 
-def data_problems(data_root, tasks, num_classes, splits=('train', 'test')):
-    """Every problem of the tasks' folders under `<data_root>/<split>/<task>/<class>/`."""
+def data_problems(data_root, tasks, num_classes, splits=('train', 'test'), layout='cifar',
+                  found_classes=None):
+    """Every problem of the tasks' folders under `<data_root>/<split>/<task>/<class>/` (cifar)
+    or `<data_root>/<task>/<split>/<class>/` (finegrained). `found_classes`, a dict, receives
+    each task's number of class folders."""
     problems = []
     if not tasks:
         problems.append('no tasks given (TASKS is empty)')
@@ -107,7 +134,7 @@ def data_problems(data_root, tasks, num_classes, splits=('train', 'test')):
     present = []
     for split in splits:
         split_dir = os.path.join(data_root, split)
-        if os.path.isdir(split_dir):
+        if layout == 'finegrained' or os.path.isdir(split_dir):
             present.append(split)
         else:
             problems.append(f'no folder {split_dir}')  # once, not once per task
@@ -117,7 +144,8 @@ def data_problems(data_root, tasks, num_classes, splits=('train', 'test')):
     for task, count in counts.items():
         if count > 1:
             problems.append(f'{task}: listed {count} times in TASKS')
-        problems += _task_problems(data_root, task, _expected_classes(num_classes, task), present)
+        problems += _task_problems(data_root, task, _expected_classes(num_classes, task), present,
+                                   layout, found_classes)
     return problems
 
 
@@ -134,27 +162,36 @@ def goal_problems(goals_file, tasks):
     return [f'{task}: no goal in {goals_file}' for task in dict.fromkeys(tasks) if task not in goals]
 
 
-def check_tasks(data_root, tasks, num_classes, goals_file=None, splits=('train', 'test')):
+def check_tasks(data_root, tasks, num_classes, goals_file=None, splits=('train', 'test'),
+                layout='cifar'):
     """Every problem of `tasks`, one string each (empty: all is well).
 
     num_classes: an int for every task, a {task: int} mapping, or None (no count check).
     goals_file: when given, every task needs a goal in it.
     """
-    problems = data_problems(data_root, tasks, num_classes, splits)
+    problems = data_problems(data_root, tasks, num_classes, splits, layout)
     if goals_file is not None:
         problems += goal_problems(goals_file, tasks)
     return problems
 
 
-def error_line(data, goals):
+def error_line(data, goals, layout='cifar'):
     """The one stderr line: every problem, then what to do."""
-    hints = [hint for hint, needed in ((DATA_HINT, data), (GOAL_HINT, goals)) if needed]
+    data_hint = FINEGRAINED_DATA_HINT if layout == 'finegrained' else DATA_HINT
+    goal_hint = GOAL_HINT
+    if layout == 'finegrained':
+        goal_hint = goal_hint.replace('experiment1/baseline_cifar100.sh', 'experiment2/baseline_imagenet.sh')
+    hints = [hint for hint, needed in ((data_hint, data), (goal_hint, goals)) if needed]
     line = f'error: preflight: {"; ".join(data + goals)}; to fix: {", and ".join(hints)}; nothing was trained'
     return line.replace('\n', ' ')
 
 
 def check_args(parser, args):
     """Reject class counts that cannot be checked (one line, exit 1)."""
+    if args.num_classes is None:
+        if args.layout == 'cifar':
+            parser.error('--num_classes (NUM_CLASSES) is required for the cifar layout')
+        return
     if len(args.num_classes) not in (1, len(args.tasks)):
         parser.error(f'{len(args.num_classes)} values of --num_classes for {len(args.tasks)} tasks; '
                      f'give one value, or one per task')
@@ -163,15 +200,23 @@ def check_args(parser, args):
 
 
 def main(args):
-    num_classes = args.num_classes[0]
-    if len(args.num_classes) > 1:
-        num_classes = dict(zip(args.tasks, args.num_classes))
-    data = data_problems(args.data_root, args.tasks, num_classes, tuple(args.splits))
+    num_classes = None
+    if args.num_classes is not None:
+        num_classes = args.num_classes[0]
+        if len(args.num_classes) > 1:
+            num_classes = dict(zip(args.tasks, args.num_classes))
+    found = {}
+    data = data_problems(args.data_root, args.tasks, num_classes, tuple(args.splits), args.layout, found)
     goals = goal_problems(args.goals_file, args.tasks) if args.goals_file is not None else []
     if data or goals:
-        sys.stderr.write(error_line(data, goals) + '\n')
+        sys.stderr.write(error_line(data, goals, args.layout) + '\n')
         return 1
-    classes = f'{num_classes} classes each' if isinstance(num_classes, int) else 'class counts as given'
+    if num_classes is None:
+        classes = 'classes ' + ', '.join(f'{task} {found.get(task)}' for task in dict.fromkeys(args.tasks))
+    elif isinstance(num_classes, int):
+        classes = f'{num_classes} classes each'
+    else:
+        classes = 'class counts as given'
     goal_note = f', goals in {args.goals_file}' if args.goals_file is not None else ''
     count = len(args.tasks)
     print(f'preflight: {count} task{"s" if count != 1 else ""} OK ({args.data_root}: '

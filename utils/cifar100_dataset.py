@@ -1,4 +1,8 @@
-"""In-memory image-folder dataset for one CIFAR-style task, its normalization and loaders."""
+"""Experiment 1: in-memory image folders of the CIFAR-style tasks, their normalization, and the
+task provider CifarTasks (the interface is described in utils/folder_tasks.py).
+
+Layout: <data_root>/{train,test}/<task>/<class>/<image> (tools/cifar100_to_png.py).
+"""
 
 import os
 
@@ -6,49 +10,25 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
 from utils.cifar100_config import NORM_STATS
-from utils.data import make_loader
+from utils.data import EpochKeyedDataset
+from utils.folder_tasks import FolderTasks, class_folders, image_names
 from utils.errors import CPGError
 
-IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg')
 SPLITS = ('train', 'test')
 PAD = 4  # zero padding of the random crop (spec §6.1)
 
 
 def _subfolders(path):
     """Return the sorted names of the sub-directories of `path` (empty if it does not exist)."""
-    if not os.path.isdir(path):
-        return []
-    return sorted(d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d)))
-
-
-# Discovery rules shared by the loaders and tools/preflight.py, so that the two never disagree:
-# the classes of a task are its sorted sub-folders (labels 0..C-1 in this order), and a class's
-# images are the files directly inside it whose names end in IMAGE_EXTENSIONS (any case).
-def class_folders(task_dir):
-    """Sorted class folder names of `task_dir` (empty if it does not exist)."""
-    return _subfolders(task_dir)
-
-
-def _is_image(entry):
-    """An os.DirEntry that counts as an image: a file with an image extension."""
-    return entry.name.lower().endswith(IMAGE_EXTENSIONS) and entry.is_file()
-
-
-def has_image(folder):
-    """True if `folder` directly holds an image; stops at the first one and decodes nothing."""
-    with os.scandir(folder) as entries:
-        return any(_is_image(entry) for entry in entries)
+    return class_folders(path)
 
 
 def _image_files(folder):
     """Return the sorted image file paths directly inside `folder`."""
-    with os.scandir(folder) as entries:
-        names = sorted(entry.name for entry in entries if _is_image(entry))
-    return [os.path.join(folder, n) for n in names]
+    return [os.path.join(folder, n) for n in image_names(folder)]
 
 
 def _task_dir(data_root, split, task):
@@ -86,11 +66,16 @@ def channel_stats(images):
     return (tuple(round(float(m), 4) for m in mean), tuple(round(float(s), 4) for s in std))
 
 
-class TaskImageFolder(torch.utils.data.Dataset):
-    """All images of `<data_root>/<split>/<task>/<class>/*`, decoded once into memory."""
+class TaskImageFolder(EpochKeyedDataset):
+    """All images of `<data_root>/<split>/<task>/<class>/*`, decoded once into memory.
+
+    `images` holds every decoded row of the folder (uint8 (N, 3, H, W)); a view (`view()`, the
+    held-out validation part or the rest) shares it and only keeps its `rows`.
+    """
 
     def __init__(self, data_root, split, task, train_transform=False, mean=None, std=None):
         """Decode every image of the task; labels are the sorted class folders 0..C-1."""
+        super().__init__()
         task_dir = _task_dir(data_root, split, task)
         self.classes = class_folders(task_dir)
         if not self.classes:
@@ -115,15 +100,9 @@ class TaskImageFolder(torch.utils.data.Dataset):
             arrays.append(array)
         # (N, H, W, 3) -> (N, 3, H, W) uint8; uint8 keeps 2500 CIFAR images at ~7.7 MB.
         self.images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
-        self.targets = torch.tensor(labels, dtype=torch.int64)  # (N,)
+        self.row_targets = torch.tensor(labels, dtype=torch.int64)  # (N,)
         self.train_transform = train_transform
-        self.epoch_seed = None  # set by utils.data.seed_loader_epoch each epoch
         self.set_normalization(mean, std)
-
-    def set_epoch_seed(self, seed):
-        """Augment sample i of this epoch from (seed, i) alone: the draw does not depend on which
-        rank or worker loads it, or in which order, so DDP sees what one process sees."""
-        self.epoch_seed = seed
 
     def set_normalization(self, mean, std):
         """Use per-channel `mean`/`std` (3-tuples in [0, 1] units), or none when both are None."""
@@ -134,10 +113,6 @@ class TaskImageFolder(torch.utils.data.Dataset):
             return
         self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)  # (3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)  # (3, 1, 1)
-
-    def __len__(self):
-        """Number of images."""
-        return self.images.shape[0]
 
     def _augment(self, image, generator=None):
         """Random crop with zero padding, then random horizontal flip, on a uint8 (3, H, W)."""
@@ -151,18 +126,15 @@ class TaskImageFolder(torch.utils.data.Dataset):
             image = image.flip(-1)
         return image
 
-    def __getitem__(self, index):
-        """Return (float image (3, H, W), int label)."""
-        image = self.images[index]  # (3, H, W) uint8
+    def load(self, row, generator):
+        """Return (float image (3, H, W), int label) of folder row `row`."""
+        image = self.images[row]  # (3, H, W) uint8
         if self.train_transform:
-            generator = None
-            if self.epoch_seed is not None:
-                generator = torch.Generator().manual_seed((self.epoch_seed * 1_000_003 + index) % 2 ** 63)
             image = self._augment(image, generator)
         image = image.float() / 255.0
         if self.mean is not None:
             image = (image - self.mean) / self.std
-        return image, int(self.targets[index])
+        return image, int(self.row_targets[row])
 
 
 def task_normalization(data_root, task):
@@ -172,22 +144,40 @@ def task_normalization(data_root, task):
     return channel_stats(TaskImageFolder(data_root, 'train', task).images)
 
 
-def get_loaders(data_root, task, batch_size, val_batch_size, workers, device, seed):
-    """Return (train loader, test loader, number of classes) for one task."""
-    train_set = TaskImageFolder(data_root, 'train', task, train_transform=True)
-    val_set = TaskImageFolder(data_root, 'test', task)
-    if train_set.classes != val_set.classes:
-        raise CPGError(f'train and test class folders of task {task!r} differ under {data_root} '
-                       f'({train_set.classes} vs {val_set.classes}); re-create the data folder')
-    # Same result as task_normalization, but reuses the decoded train images (no second decode).
-    mean, std = NORM_STATS[task] if task in NORM_STATS else channel_stats(train_set.images)
-    train_set.set_normalization(mean, std)
-    val_set.set_normalization(mean, std)
-    # The order of a 1-replica DistributedSampler: under DDP rank r gets global positions r, r + N,
-    # ... of the same permutation, so one process sees exactly the ranks' global batches.
-    sampler = DistributedSampler(train_set, num_replicas=1, rank=0, shuffle=True, seed=seed)
-    train_loader = make_loader(train_set, batch_size, shuffle=False, workers=workers,
-                               device=device, seed=seed, sampler=sampler)
-    val_loader = make_loader(val_set, val_batch_size, shuffle=False, workers=workers,
-                             device=device, seed=seed)
-    return train_loader, val_loader, len(train_set.classes)
+class CifarTasks(FolderTasks):
+    """Loaders of the super-class tasks under args.data_root (<split>/<task>/<class>/<image>),
+    with the paper's per-task normalisation: the NORM_STATS row of the task, else the statistics
+    of its train images. With --val_fraction > 0 the statistics still cover the WHOLE train
+    folder, held-out images included (3 means and 3 stds: a negligible leak, and the same
+    normalisation whatever the fraction). The interface: utils/folder_tasks.py.
+    """
+
+    data_hint = 'prepare it with tools/cifar100_to_png.py (README "Data preparation (experiment 1)")'
+
+    def __init__(self, args, device, dist=None):
+        super().__init__(args, device, dist)
+        self._normalization = {}  # task -> (mean, std)
+
+    def split_dir(self, task, split):
+        return os.path.join(self.args.data_root, split, task)
+
+    def normalization(self, task, train_set=None):
+        """(mean, std) of `task`; reuses `train_set`'s decoded images when given."""
+        if task not in self._normalization:
+            if task in NORM_STATS:
+                self._normalization[task] = NORM_STATS[task]
+            else:
+                images = (train_set if train_set is not None
+                          else TaskImageFolder(self.args.data_root, 'train', task)).images
+                self._normalization[task] = channel_stats(images)
+        return self._normalization[task]
+
+    def train_set(self, task):
+        data = TaskImageFolder(self.args.data_root, 'train', task, train_transform=True)
+        data.set_normalization(*self.normalization(task, data))
+        return data
+
+    def test_set(self, task):
+        mean, std = self.normalization(task)
+        return TaskImageFolder(self.args.data_root, 'test', task, mean=mean, std=std)
+

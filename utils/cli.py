@@ -26,3 +26,18 @@ def write_exit_status(save_folder, status):
     from .checkpoint import atomic_write
     os.makedirs(save_folder, exist_ok=True)
     atomic_write(os.path.join(save_folder, EXIT_STATUS_NAME), lambda f: f.write(f'{status}\n'.encode()))
+
+
+def run_tool(main, parser):
+    """The `__main__` block of a tool: one 'error: ...' line on stderr and exit 1 for a CPGError,
+    exit 3 when the goal file is missing (the experiment scripts' protocol)."""
+    from .errors import CPGError
+    from .records import GoalFileMissing
+    try:
+        sys.exit(main(parser.parse_args()))
+    except GoalFileMissing as exc:
+        sys.stderr.write(f'error: {exc}\n')
+        sys.exit(3)
+    except CPGError as exc:
+        sys.stderr.write(f'error: {exc}\n')
+        sys.exit(1)

@@ -3,7 +3,7 @@
     torchrun --standalone --nproc_per_node=N CPG_cifar100_main.py ... --batch_size B
 
 Every rank holds the whole model and trains on its 1/N of each global batch of B (a
-DistributedSampler; the caller passes the per-rank batch B // N). What keeps the ranks equal to
+DistributedSampler shard of B // N per step: utils.data.build_train_loader). What keeps the ranks equal to
 one process with batch B (weights within float tolerance):
 
   * DDP averages the gradients of the trained parameters (shared weights, pick scores, biases,
@@ -23,13 +23,10 @@ import os
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import DistributedSampler, get_worker_info
 
-from .data import make_loader
+# RankSeededSampler lives with the shared loader builder (utils/data.py); re-exported here
+from .data import RankSeededSampler  # noqa: F401
 from .errors import CPGError
-
-# odd 64-bit constant (golden ratio) that spreads per-rank seeds apart
-_SEED_STRIDE = 0x9E3779B97F4A7C15
 
 
 class Distributed:
@@ -169,47 +166,8 @@ class Distributed:
                 momentum.masked_fill_(free, 0.0)
             layer.refresh_ownership()
 
-    # ----- data ---------------------------------------------------------------------------------
-    def loaders(self, data_root, task, batch_size, val_batch_size, workers, device, seed):
-        """(train loader, val loader, number of classes) of one CIFAR-style task for this rank.
-
-        Train: a DistributedSampler shard (shuffled by seed + epoch, padded to equal shards) in
-        batches of `batch_size` (per rank: the global batch divided by the world size). Rank r's
-        i-th sample is permutation[world * i + r], so the ranks' k-th batches together are the
-        k-th batch of one process with the global batch. Val: the full test split on every rank.
-        """
-        from .cifar100_dataset import get_loaders
-        train, val, num_classes = get_loaders(data_root, task, batch_size, val_batch_size,
-                                              workers, device, seed)
-        sampler = RankSeededSampler(train.dataset, num_replicas=self.world_size, rank=self.rank,
-                                    shuffle=True, seed=seed, drop_last=False)
-        # seed_loader_epoch seeds worker w of this rank from (seed, epoch, rank, w)
-        train = make_loader(train.dataset, batch_size, shuffle=False, workers=workers, device=device,
-                            seed=seed, sampler=sampler, rank=self.rank)
-        return train, val, num_classes
-
 
 def _momentum_buffer(optimizer, param):
     if optimizer is None:
         return None
     return optimizer.state.get(param, {}).get('momentum_buffer')
-
-
-def _rank_seed(seed, rank, modulo):
-    return (seed + rank * _SEED_STRIDE) % modulo
-
-
-class RankSeededSampler(DistributedSampler):
-    """DistributedSampler that also gives each rank its own global-RNG stream.
-
-    The image datasets augment each sample from (seed, epoch, index) (TaskImageFolder's
-    set_epoch_seed), so their crops do not depend on the rank. Anything else drawn from the global
-    torch RNG, which seed_loader_epoch seeds identically on every rank at each epoch, would repeat
-    across ranks (perm[2i] and perm[2i+1] getting the same draw); this gives rank r its own stream.
-    With loader workers, utils.data.WorkerSeeder(rank) mixes the rank into each worker's seed.
-    """
-
-    def __iter__(self):
-        if self.rank and get_worker_info() is None:
-            torch.manual_seed(_rank_seed(torch.initial_seed(), self.rank, 2 ** 63))
-        return super().__iter__()

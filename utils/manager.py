@@ -6,12 +6,12 @@ progress bar), so the training loop never waits on the device per batch (spec §
 import math
 
 import torch
-import torch.nn as nn
 from tqdm import tqdm
 
 from models.layers import gate_
 
 from .errors import CPGError
+from .objectives import Classification
 
 
 def task_parameters(model, task, train_weights=True):
@@ -51,7 +51,7 @@ def set_lr(optimizer, lr):
 class Manager:
     """train_epoch / validate for task `task`; `net` is what runs forward (the model or its DDP)."""
 
-    def __init__(self, model, task, device, train_loader, val_loader, logger, criterion=None,
+    def __init__(self, model, task, device, train_loader, val_loader, logger, objective=None,
                  net=None, reduce=None, log_every=50, show_progress=True, amp=None,
                  channels_last=False):
         self.model, self.task, self.device = model, task, torch.device(device)
@@ -62,7 +62,7 @@ class Manager:
         self.net = net if net is not None else model
         self.train_loader, self.val_loader = train_loader, val_loader
         self.logger = logger
-        self.criterion = criterion or nn.CrossEntropyLoss()
+        self.objective = objective or Classification()   # loss and hits of the task's head kind
         self.reduce = reduce or (lambda tensor: tensor)   # all-reduce(sum) of train metrics under DDP
         self.log_every = log_every
         self.show_progress = show_progress
@@ -94,7 +94,7 @@ class Manager:
             with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                                 enabled=self.amp_dtype is not None):
                 output = self.net(images)
-                loss = self.criterion(output, targets)
+                loss = self.objective.loss(output, targets)
             if self.scaler is None:
                 loss.backward()
                 for opt in optimizers:
@@ -107,7 +107,7 @@ class Manager:
             with torch.no_grad():
                 n = targets.numel()
                 sums += torch.stack([loss.detach().double() * n,
-                                     (output.argmax(1) == targets).sum().double()])
+                                     self.objective.correct(output, targets).double()])
                 seen += n
             if self.show_progress and (i + 1) % self.log_every == 0:  # the only sync, every N steps
                 loss_sum, correct = sums.tolist()
@@ -141,8 +141,8 @@ class Manager:
             images, targets = self._to_device(images, targets)
             output = self.model(images)
             n = targets.numel()
-            sums += torch.stack([self.criterion(output, targets).double() * n,
-                                 (output.argmax(1) == targets).sum().double()])
+            sums += torch.stack([self.objective.loss(output, targets).double() * n,
+                                 self.objective.correct(output, targets).double()])
             seen += n
         # every rank evaluates the whole split, so nothing is reduced here
         loss_sum, correct = sums.tolist()

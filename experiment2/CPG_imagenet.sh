@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# CPG, experiment 2: ImageNet + five fine-grained tasks learned one after another in ONE ResNet-50.
+# The paper's workflow, one task per run:
+#   TARGET_TASK_ID=N bash experiment2/CPG_imagenet.sh
+#     Phase A of task N (plateau schedule, best epoch; grown by WIDTH_STEP up to MAX_WIDTH while the
+#     goal is missed), then the pruning stages, which write <task>/gradual_prune/record.txt; it
+#     then stops and prints the record as a table with the goal and the rule's suggestion.
+#   python tools/pick_pruning_ratio.py --task_folder <task folder> --ratio 0.4
+#     promotes the chosen stage; then TARGET_TASK_ID=N+1 continues from it.
+#   TARGET_TASK_ID=all bash experiment2/CPG_imagenet.sh
+#     every task of TASKS in turn, each picked automatically (experiment 1's rule) unless it was
+#     already picked by hand. Reruns (even after kill -9) resume, as in experiment 1.
+# Needs GOALS_FILE (experiment2/baseline_imagenet.sh, or experiment2/goals_piggyback_resnet50.txt).
+# Env vars (see experiment2/common.sh) override every knob; LR_<task> / PRUNE_LR_<task> override
+# the per-task learning rates below.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source experiment2/common.sh
+
+TARGET_TASK_ID=${TARGET_TASK_ID:-1}           # 1..number of tasks, or all
+# Per-task learning rates (spec §8.1). Phase A (weights; the pick masks use LR_MASK):
+LR_imagenet=${LR_imagenet:-1e-3}              # not trained when pretrained
+LR_cubs_cropped=${LR_cubs_cropped:-1e-3}
+LR_stanford_cars_cropped=${LR_stanford_cars_cropped:-1e-2}
+LR_flowers=${LR_flowers:-1e-3}
+LR_wikiart=${LR_wikiart:-1e-3}
+LR_sketches=${LR_sketches:-1e-3}
+LR=${LR:-1e-3}                                # any other task
+PRUNE_LR_imagenet=${PRUNE_LR_imagenet:-3e-4}
+PRUNE_LR=${PRUNE_LR:-1e-3}                    # any other task
+LR_MASK=${LR_MASK:-1e-4}                      # x0.2 at the first plateau decay
+WEIGHT_DECAY=${WEIGHT_DECAY:-4e-5}
+FINETUNE_EPOCHS=${FINETUNE_EPOCHS:-300}       # at most; the plateau schedule stops after 3 decays
+PATIENCE=${PATIENCE:-5}
+GOAL_MARGIN=${GOAL_MARGIN:-0.005}             # goal reached when accuracy >= goal - margin
+PRUNE_EPOCHS=${PRUNE_EPOCHS:-20}
+FIRST_TASK_PRUNE_EPOCHS=${FIRST_TASK_PRUNE_EPOCHS:-10}
+read -r -a PRUNING_RATIOS <<< "${PRUNING_RATIOS:-0.1 0.2 0.3 0.4 0.5 0.6 0.7 0.8 0.9 0.95}"
+PRUNING_INTERVAL=${PRUNING_INTERVAL:-4}       # epochs over which a stage ramps; only later epochs count
+PRUNING_FREQUENCY=${PRUNING_FREQUENCY:-50}    # batches between mask updates
+FIRST_TASK_PRUNING_FREQUENCY=${FIRST_TASK_PRUNING_FREQUENCY:-1000}
+WIDTH_STEP=${WIDTH_STEP:-0.5}
+MAX_WIDTH=${MAX_WIDTH:-1.5}
+ALLOW_ACC_LOSS=${ALLOW_ACC_LOSS:-0.0}         # --auto picks: tolerated accuracy below the goal
+ROOT=$CHECKPOINT_ROOT/CPG/experiment2/$ARCH
+mkdir -p logs "$ROOT"
+num_tasks=${#TASK_LIST[@]}
+
+if [ "$TARGET_TASK_ID" != all ] && ! { [[ $TARGET_TASK_ID =~ ^[0-9]+$ ]] && [ "$TARGET_TASK_ID" -ge 1 ] && [ "$TARGET_TASK_ID" -le "$num_tasks" ]; }; then
+  echo "TARGET_TASK_ID=$TARGET_TASK_ID: use 1..$num_tasks (tasks: ${TASK_LIST[*]}) or all" >&2
+  exit 1
+fi
+if [ ! -f "$GOALS_FILE" ]; then
+  echo "accuracy goal file $GOALS_FILE not found: run experiment2/baseline_imagenet.sh first, or set GOALS_FILE=experiment2/goals_piggyback_resnet50.txt" >&2
+  exit 3
+fi
+preflight --goals_file "$GOALS_FILE"   # every task's data and goal, before days of training
+common=(--baseline_acc_file "$GOALS_FILE" --weight_decay "$WEIGHT_DECAY" --goal_margin "$GOAL_MARGIN"
+        --max_allowed_network_width_multiplier "$MAX_WIDTH" --total_num_tasks "$num_tasks"
+        --patience "$PATIENCE")
+
+pick_command() { echo "python tools/pick_pruning_ratio.py --task_folder $1 --baseline_acc_file $GOALS_FILE --ratio <ratio>"; }
+
+# learn_task N: Phase A with growth and the pruning stages of task N (its pick is separate).
+learn_task() {
+  local n=$1 task=${TASK_LIST[$1-1]}
+  local dir=$ROOT/$task load=() epochs=$PRUNE_EPOCHS frequency=$PRUNING_FREQUENCY
+  width=$START_WIDTH   # the widest earlier task's width (the checkpoint's wins if it is larger)
+  for ((i = 1; i < n; i++)); do width=$(max "$width" "$(stored_width "$ROOT/${TASK_LIST[$i-1]}")"); done
+  if [ "$n" -gt 1 ]; then
+    local prev=$ROOT/${TASK_LIST[$n-2]}
+    if [ ! -f "$prev/gradual_prune/chosen.json" ]; then
+      echo "task $((n - 1)) (${TASK_LIST[$n-2]}) has no picked pruning ratio yet; pick one first:" >&2
+      echo "  python tools/pick_pruning_ratio.py --task_folder $prev --baseline_acc_file $GOALS_FILE   (prints the table)" >&2
+      echo "  $(pick_command "$prev")" >&2
+      exit 1
+    fi
+    load=(--load_folder "$prev/gradual_prune")
+  else
+    epochs=$FIRST_TASK_PRUNE_EPOCHS
+    frequency=$FIRST_TASK_PRUNING_FREQUENCY
+  fi
+  mkdir -p "$dir"
+  pretrained_flags "$n" "$task" "$FINETUNE_EPOCHS"
+  echo "=== task $n/$num_tasks: $task (width multiplier $width)"
+  phase_a_with_growth "$dir" "$task" "${load[@]}" "${first_flags[@]}" \
+    --lr "$(per_task LR "$task" "$LR")" --lr_mask "$LR_MASK" "${common[@]}"
+  if [ "$phase_a" -ne 5 ]; then
+    pruning_stages "$dir" "$task" --epochs "$epochs" --lr "$(per_task PRUNE_LR "$task" "$PRUNE_LR")" \
+      --pruning_frequency "$frequency" "${common[@]}"
+  fi
+}
+
+if [ "$TARGET_TASK_ID" = all ]; then
+  for ((n = 1; n <= num_tasks; n++)); do
+    task=${TASK_LIST[$n-1]}
+    dir=$ROOT/$task
+    if [ -f "$dir/DONE" ]; then echo "=== $task: already learned, skipping"; drop_stage_copies "$dir"; continue; fi
+    learn_task "$n"
+    if [ -f "$dir/gradual_prune/chosen.json" ]; then
+      echo "=== $task: keeping the pruning ratio picked before"
+    else
+      python tools/pick_pruning_ratio.py --task_folder "$dir" --dataset "$task" --baseline_acc_file "$GOALS_FILE" \
+        --auto --allow_acc_loss "$ALLOW_ACC_LOSS" --max_allowed_network_width_multiplier "$MAX_WIDTH" \
+        --log_path "$dir/train.log" || fail "ratio choice of $task" "$?" "$dir/train.log"
+    fi
+    touch "$dir/DONE"
+    drop_stage_copies "$dir"
+  done
+  echo "all $num_tasks tasks learned; final model: $ROOT/${TASK_LIST[$num_tasks-1]}/gradual_prune/checkpoint.pth.tar"
+  exit 0
+fi
+
+learn_task "$TARGET_TASK_ID"
+task=${TASK_LIST[$TARGET_TASK_ID-1]}
+python tools/pick_pruning_ratio.py --task_folder "$ROOT/$task" --dataset "$task" --baseline_acc_file "$GOALS_FILE" \
+  --allow_acc_loss "$ALLOW_ACC_LOSS" --max_allowed_network_width_multiplier "$MAX_WIDTH"
+echo "=== task $TARGET_TASK_ID ($task) learned. Pick its pruning ratio from the table above:"
+echo "  $(pick_command "$ROOT/$task")"
+if [ "$TARGET_TASK_ID" -lt "$num_tasks" ]; then
+  echo "then: TARGET_TASK_ID=$((TARGET_TASK_ID + 1)) bash experiment2/CPG_imagenet.sh"
+else
+  echo "then: bash experiment2/inference_CPG_imagenet.sh"
+fi

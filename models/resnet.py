@@ -1,0 +1,209 @@
+"""ResNet-50 (spec §5.2): torchvision's Bottleneck network built from masked convs and per-task BN.
+
+Module names match torchvision's resnet50 (conv1, bn1, layer1.0.downsample.0, ...), so a
+torchvision state dict maps onto the model key by key (load_pretrained). Widths follow §3.6 with
+the float planes_f = planes * sqrt(m) * base_width: a bottleneck's inner width is int(planes_f)
+and its output int(planes_f * 4), so at m = 1.5 layer1 is 78 -> 313, not 4 * 78 = 312.
+"""
+import math
+import os
+
+import torch
+import torch.nn as nn
+
+from .dist_norm import BatchNorm2d
+from .layers import MaskedConv2d, PerTask, scaled_width
+from .multitask import MultiTaskNet
+
+BLOCKS = (3, 4, 6, 3)          # Bottleneck blocks per stage (ResNet-50)
+PLANES = (64, 128, 256, 512)   # inner width of each stage at the paper's width
+EXPANSION = 4                  # a bottleneck's output is 4x its inner width
+CONV_INIT = 'normal_0.001'     # every sharable conv N(0, 0.001) (spec §5.2)
+
+
+def _bn2d(num_features):
+    # nn.BatchNorm2d outside distributed training; weight 1, bias 0 (no zero-init residual)
+    return BatchNorm2d(num_features)
+
+
+def _conv(in_ch, out_ch, kernel, stride=1, padding=0):
+    return MaskedConv2d(in_ch, out_ch, kernel, stride=stride, padding=padding, bias=False, init=CONV_INIT)
+
+
+class Bottleneck(nn.Module):
+    """1x1 -> 3x3 (stride here, torchvision v1.5) -> 1x1, plus the identity or a 1x1 projection."""
+
+    def __init__(self, in_ch, inner, out, stride, downsample):
+        super().__init__()
+        self.conv1 = _conv(in_ch, inner, 1)
+        self.bn1 = PerTask(_bn2d)
+        self.conv2 = _conv(inner, inner, 3, stride, 1)
+        self.bn2 = PerTask(_bn2d)
+        self.conv3 = _conv(inner, out, 1)
+        self.bn3 = PerTask(_bn2d)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = nn.Sequential(_conv(in_ch, out, 1, stride), PerTask(_bn2d)) if downsample else None
+
+    def forward(self, x):
+        # the same operations in the same order as torchvision's, so the logits match bit for bit
+        identity = x
+        out = self.relu(self.bn1(self.conv1(x)))       # (N, inner, H, W)
+        out = self.relu(self.bn2(self.conv2(out)))     # (N, inner, H/s, W/s)
+        out = self.bn3(self.conv3(out))                # (N, out, H/s, W/s)
+        if self.downsample is not None:
+            identity = self.downsample(x)              # (N, out, H/s, W/s)
+        out += identity
+        return self.relu(out)
+
+
+class ResNetMT(MultiTaskNet):
+    """Multi-task ResNet-50: stem, 4 stages of Bottlenecks, global average pool, per-task head."""
+
+    def __init__(self, base_width=1.0, multiplier=1.0):
+        super().__init__(base_width, multiplier)
+        stem = scaled_width(64, base_width, multiplier)
+        self.conv1 = _conv(3, stem, 7, stride=2, padding=3)
+        self.bn1 = PerTask(_bn2d)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        in_ch = stem
+        for i, (planes, blocks) in enumerate(zip(PLANES, BLOCKS)):
+            inner, out = self._widths(planes, multiplier)
+            stride = 1 if i == 0 else 2
+            # block 0 always projects (as in torchvision's resnet50): the residual's shape must not
+            # decide the architecture, or widening could add or remove a module
+            stage = [Bottleneck(in_ch if b == 0 else out, inner, out, stride if b == 0 else 1, b == 0)
+                     for b in range(blocks)]
+            setattr(self, f'layer{i + 1}', nn.Sequential(*stage))
+            in_ch = out
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+
+    def _widths(self, planes, multiplier):
+        """(inner, out) of a bottleneck stage: int(planes_f), int(4 * planes_f) (spec §3.6)."""
+        planes_f = planes * math.sqrt(multiplier) * self.base_width
+        return max(1, int(planes_f)), max(1, int(planes_f * EXPANSION))
+
+    def _convs(self, multiplier):
+        """Yield (conv name, out, in) of every masked conv at `multiplier`, in module order."""
+        stem = scaled_width(64, self.base_width, multiplier)
+        yield 'conv1', stem, 3
+        in_ch = stem
+        for i, (planes, blocks) in enumerate(zip(PLANES, BLOCKS)):
+            inner, out = self._widths(planes, multiplier)
+            for b in range(blocks):
+                p = f'layer{i + 1}.{b}.'
+                yield p + 'conv1', inner, in_ch
+                yield p + 'conv2', inner, inner
+                yield p + 'conv3', out, inner
+                if b == 0:
+                    yield p + 'downsample.0', out, in_ch
+                in_ch = out
+
+    @staticmethod
+    def _bn_name(conv_name):
+        # every conv is followed by its BN: conv1 -> bn1, layer1.0.conv3 -> layer1.0.bn3, downsample.0 -> .1
+        if conv_name.endswith('downsample.0'):
+            return conv_name[:-1] + '1'
+        head, _, last = conv_name.rpartition('.')
+        return (head + '.' if head else '') + last.replace('conv', 'bn')
+
+    def layer_shapes(self, multiplier):
+        return {name: (out, inp) for name, out, inp in self._convs(multiplier)}
+
+    def per_task_widths(self, multiplier):
+        return {self._bn_name(name): out for name, out, _ in self._convs(multiplier)}
+
+    def head_in_features(self, multiplier):
+        return self._widths(PLANES[-1], multiplier)[1]  # 2048w
+
+    def features(self, x):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))   # (N, 64w, H/4, W/4)
+        x = self.layer1(x)                                     # (N, 256w, H/4, W/4)
+        x = self.layer2(x)                                     # (N, 512w, H/8, W/8)
+        x = self.layer3(x)                                     # (N, 1024w, H/16, W/16)
+        x = self.layer4(x)                                     # (N, 2048w, H/32, W/32)
+        return torch.flatten(self.avgpool(x), 1)               # (N, 2048w)
+
+    @torch.no_grad()
+    def load_pretrained(self, state_dict, task):
+        """Copy a torchvision ResNet-50 state dict into task `task`: convs, BNs, head if shaped alike."""
+        if not 1 <= task <= len(self.tasks):
+            raise ValueError(f'task {task} is not in the model (tasks 1..{len(self.tasks)}); add it first')
+        m = self.tasks[task - 1]['multiplier']
+        if self.base_width != 1.0 or m != 1.0:
+            raise ValueError('pretrained ResNet-50 weights need BASE_WIDTH 1.0 and width multiplier 1.0 '
+                             f'for the first task (got BASE_WIDTH {self.base_width}, multiplier {m})')
+        targets, optional = {}, set()   # torchvision key -> tensor of this model that receives it
+        for name, layer in self.masked_layers():
+            out, inp = layer.task_shapes[task]
+            block = layer.owner[:out, :inp]
+            if ((block != 0) & (block != task)).any():
+                # writing here would change an earlier task's weights: it would forget
+                raise ValueError(f'task {task} cannot take pretrained weights: {name} holds weights '
+                                 'of other tasks (load them into the first task)')
+            targets[name + '.weight'] = layer.weight[:out, :inp]
+        for name, module in self.per_task_modules():
+            for key, tensor in module.per_task[str(task)].state_dict().items():
+                targets[f'{name}.{key}'] = tensor   # detached, shares storage with the BN's own
+                if key == 'num_batches_tracked':
+                    optional.add(f'{name}.{key}')   # absent from state dicts of very old torch
+        head = self.heads[str(task)]
+        expected = set(targets) | {'fc.weight', 'fc.bias'}
+        missing = sorted(expected - optional - set(state_dict))
+        unexpected = sorted(set(state_dict) - expected)
+        for what, keys in (('is missing', missing), ('has unexpected', unexpected)):
+            if keys:
+                shown = ', '.join(keys[:3]) + (f' (+{len(keys) - 3} more)' if len(keys) > 3 else '')
+                raise ValueError(f'pretrained state dict {what} key(s) for a torchvision ResNet-50: {shown}')
+        fc_shape = tuple(state_dict['fc.weight'].shape)
+        features = self.head_in_features(m)   # 2048
+        if len(fc_shape) != 2 or fc_shape[1] != features:  # fc's class count may differ
+            raise ValueError(f"pretrained key 'fc.weight' has shape {fc_shape} but the model "
+                             f'expects (classes, {features})')
+        for key, dst in targets.items():   # validate everything before copying anything
+            if key in state_dict and tuple(state_dict[key].shape) != tuple(dst.shape):
+                raise ValueError(f'pretrained key {key!r} has shape {tuple(state_dict[key].shape)} '
+                                 f'but the model expects {tuple(dst.shape)}')
+        copied = 0
+        for key, dst in targets.items():
+            if key in state_dict:
+                dst.copy_(state_dict[key])
+                copied += 1
+        for name, layer in self.masked_layers():
+            out, inp = layer.task_shapes[task]
+            # free entries are zeroed when a phase begins: hand them to the task, as assign_free_capacity does
+            block = layer.owner[:out, :inp]
+            block.masked_fill_(block == 0, task)
+            layer._eval_cache = None
+        head_from_fc = (isinstance(head, nn.Linear) and head.bias is not None   # not other head kinds
+                        and tuple(head.weight.shape) == fc_shape
+                        and tuple(head.bias.shape) == tuple(state_dict['fc.bias'].shape))
+        if head_from_fc:   # e.g. the task has ImageNet's 1000 classes; otherwise the fresh head stays
+            head.weight.copy_(state_dict['fc.weight'])
+            head.bias.copy_(state_dict['fc.bias'])
+            copied += 2
+        return {'copied': copied, 'head_from_fc': head_from_fc}
+
+
+def read_torchvision_state(path):
+    """State dict in `path`: plain or under 'state_dict'/'model', with any 'module.' prefix stripped."""
+    if not os.path.isfile(path):
+        raise ValueError(f'pretrained weights file {path} does not exist')
+    try:
+        obj = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as err:  # torch.load raises many kinds (pickle, zip, weights_only refusals)
+        first = (str(err).strip().splitlines() or [''])[0]
+        raise ValueError(f'cannot read pretrained weights {path}: {type(err).__name__}: {first}') from err
+    for key in ('state_dict', 'model'):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ValueError(f"pretrained weights {path} hold no state dict of tensors "
+                         "(plain, or under 'state_dict' / 'model')")
+    return {k[len('module.'):] if k.startswith('module.') else k: v for k, v in obj.items()}
+
+
+def resnet50(base_width=1.0, multiplier=1.0):
+    """The paper's experiment-2 backbone (ResNet-50, spec §5.2)."""
+    return ResNetMT(base_width=base_width, multiplier=multiplier)

@@ -1,0 +1,132 @@
+# Bash functions shared by every experiment's scripts (sourced, not run). An experiment's
+# common.sh sets its knobs and MAIN (its entry script), plus optional arrays DATA_FLAGS (extra
+# flags of every stage) and PREFLIGHT_FLAGS, then sources this file. The experiment scripts hold
+# only their settings and the order of the phases; how a phase runs, grows and resumes is here.
+
+# cpg ARGS...: the entry script with the common flags; NPROC > 1 launches torchrun (DDP).
+cpg() {
+  local launcher=(python)
+  if [ "$NPROC" -gt 1 ]; then launcher=(torchrun --standalone --nproc_per_node="$NPROC"); fi
+  local workers=()
+  if [ -n "${WORKERS:-}" ]; then workers=(--workers "$WORKERS"); fi
+  "${launcher[@]}" "$MAIN" --arch "$ARCH" --data_root "$DATA_ROOT" --device "$DEVICE" \
+    --batch_size "$BATCH_SIZE" --val_batch_size "$VAL_BATCH_SIZE" --base_width "$BASE_WIDTH" \
+    --seed "$SEED" --val_fraction "$VAL_FRACTION" --resume_every_minutes "$RESUME_EVERY_MINUTES" \
+    "${workers[@]}" ${DATA_FLAGS[@]+"${DATA_FLAGS[@]}"} "$@"
+}
+
+# run_stage SAVE_FOLDER ARGS...: one stage of $MAIN; sets $stage_status.
+# The status is read from SAVE_FOLDER/exit_status, which the stage writes (rank 0) before it
+# exits: torchrun turns every non-zero child status into 1, so its exit code cannot tell "widen"
+# (2) or "stop pruning" (6) from an error. No file means a crash: the launcher's code stands.
+# A file saying 0 under a failing launcher means another rank failed: the launcher's code stands.
+run_stage() {
+  local save=$1; shift
+  rm -f "$save/exit_status"
+  local rc=0
+  cpg --save_folder "$save" "$@" || rc=$?
+  stage_status=$rc
+  if [ -f "$save/exit_status" ]; then
+    local written
+    written=$(cat "$save/exit_status")
+    if [ "$written" != 0 ] || [ "$rc" = 0 ]; then stage_status=$written; fi
+  elif [ "$rc" = 0 ]; then
+    stage_status=1   # exited 0 without saying so: treat as a crash
+  fi
+}
+
+# preflight [ARGS...]: every task's folders and classes (and goals) before hours of training.
+# With VAL_FRACTION > 0 the test split is not needed until inference.
+preflight() {
+  local splits=()
+  if awk -v f="$VAL_FRACTION" 'BEGIN { exit !(f > 0) }'; then splits=(--splits train); fi
+  python tools/preflight.py --data_root "$DATA_ROOT" --tasks "${TASK_LIST[@]}" "${splits[@]}" \
+    ${PREFLIGHT_FLAGS[@]+"${PREFLIGHT_FLAGS[@]}"} "$@"
+}
+
+# Atomically write a small text file (a kill -9 leaves the old content or the new one).
+write_file() { printf '%s\n' "$2" > "$1.tmp" && mv -f "$1.tmp" "$1"; }
+fail() { echo "stopping: $1 exited with status $2 (see $3)" >&2; exit "$2"; }
+max() { awk -v a="$1" -v b="$2" 'BEGIN { print (a > b) ? a : b }'; }
+
+# per_task VAR TASK DEFAULT: the value of ${VAR}_<task> (non-alphanumerics as _) if set, else DEFAULT.
+per_task() {
+  local name="${1}_${2//[^A-Za-z0-9_]/_}"
+  printf '%s\n' "${!name:-$3}"
+}
+
+# stored_width TASK_DIR: the width a task trained at (<task>/width), or START_WIDTH.
+stored_width() {
+  if [ -f "$1/width" ]; then max "$START_WIDTH" "$(cat "$1/width")"; else echo "$START_WIDTH"; fi
+}
+
+# phase_a_with_growth TASK_DIR TASK ARGS...: Phase A, widened by WIDTH_STEP and retried while it
+# exits 2 (goal missed below MAX_WIDTH). Uses and updates $width (the raw multiplier, only grows);
+# <task>/width holds the width of the current attempt, so that a rerun continues there instead
+# of retraining the smaller widths that already missed. Sets $phase_a (0, or 5: owns nothing).
+phase_a_with_growth() {
+  local dir=$1 task=$2; shift 2
+  width=$(max "$width" "$(stored_width "$dir")")
+  while true; do
+    write_file "$dir/width" "$width"
+    run_stage "$dir/scratch" --mode finetune --dataset "$task" --network_width_multiplier "$width" \
+      --pruning_ratio_to_acc_record_file "$dir/gradual_prune/record.txt" --log_path "$dir/train.log" "$@"
+    case $stage_status in
+      0|5) break ;;
+      2) width=$(awk -v w="$width" -v s="$WIDTH_STEP" 'BEGIN { print w + s }')
+         echo "=== $task: goal missed, growing the network to width multiplier $width" ;;
+      *) fail "Phase A of $task" "$stage_status" "$dir/train.log" ;;
+    esac
+  done
+  phase_a=$stage_status
+}
+
+# pruning_stages TASK_DIR TASK ARGS...: the gradual-pruning stages 0 -> PRUNING_RATIOS[0] -> ...,
+# each loading the previous one; exit 6 stops the loop (train-accuracy gate or must-prune).
+pruning_stages() {
+  local dir=$1 task=$2; shift 2
+  local from=0.0 load=$dir/scratch ratio
+  for ratio in "${PRUNING_RATIOS[@]}"; do
+    run_stage "$dir/gradual_prune/$ratio" --mode prune --dataset "$task" --load_folder "$load" \
+      --initial_sparsity "$from" --target_sparsity "$ratio" --lr_mask 0 \
+      --pruning_interval "$PRUNING_INTERVAL" \
+      --pruning_ratio_to_acc_record_file "$dir/gradual_prune/record.txt" --log_path "$dir/train.log" "$@"
+    case $stage_status in
+      0) ;;
+      6) break ;;
+      *) fail "pruning stage $ratio of $task" "$stage_status" "$dir/train.log" ;;
+    esac
+    from=$ratio
+    load=$dir/gradual_prune/$ratio
+  done
+}
+
+# retrain_stage TASK_DIR TASK ARGS...: re-learn the pick mask of the chosen model; kept only if
+# it improves. It starts from the chosen stage's own checkpoint, which never changes
+# (gradual_prune/ may already hold the retrained model when a rerun gets here).
+retrain_stage() {
+  local dir=$1 task=$2; shift 2
+  local chosen
+  chosen=$(python -c 'import json, sys; print(json.load(open(sys.argv[1]))["source"])' "$dir/gradual_prune/chosen.json")
+  run_stage "$dir/retrain" --mode finetune --finetune_again --dataset "$task" --load_folder "$chosen" \
+    --log_path "$dir/train.log" "$@"
+  [ "$stage_status" -eq 0 ] || fail "retrain of $task" "$stage_status" "$dir/train.log"
+  python tools/choose_retrain_or_not.py --task_folder "$dir" --log_path "$dir/train.log" \
+    || fail "retrain choice of $task" "$?" "$dir/train.log"
+}
+
+# Once a task is DONE its stage copies go (gradual_prune/checkpoint.pth.tar holds the chosen model);
+# their result.json files stay. Never earlier: every step of an unfinished task must stay replayable.
+drop_stage_copies() {
+  rm -f "$1"/gradual_prune/*/checkpoint.pth.tar "$1"/gradual_prune/*/checkpoint.pth.tar.json \
+    "$1/retrain/checkpoint.pth.tar" "$1/retrain/checkpoint.pth.tar.json"
+}
+
+# baseline_stage FOLDER TASK GOAL_FILE ARGS...: train TASK on its own network (or from another
+# task's model, ARGS --initial_from) and write its accuracy into GOAL_FILE; stops on failure.
+baseline_stage() {
+  local folder=$1 task=$2 goals=$3; shift 3
+  run_stage "$folder" --mode finetune --dataset "$task" --save_goal_file "$goals" \
+    --log_path "$folder/train.log" "$@"
+  [ "$stage_status" -eq 0 ] || fail "baseline of $task" "$stage_status" "$folder/train.log"
+}

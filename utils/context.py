@@ -1,0 +1,226 @@
+"""What every phase shares: its context (args, data, device, DDP), replay, resume and the
+epoch loop (spec §3). The phases themselves are in utils/phases.py.
+
+Each phase writes `<save_folder>/result.json` (status + signature). Re-running a phase whose
+result matches its signature replays the exit status without training or even loading its input,
+and an interrupted phase resumes from `<save_folder>/resume.pth.tar` (written at most every
+--resume_every_minutes, at the end of the phase and whenever a best epoch is saved): the bash
+loops can simply be run again. The signature holds every setting that can change the phase's
+outcome plus the id of the checkpoint it reads, so a result or resume state computed from another
+input is never reused. Nothing here deletes a checkpoint: a new one atomically replaces the old
+one when it is ready.
+"""
+import hashlib
+import json
+import os
+import time
+
+import torch
+
+from .checkpoint import (CHECKPOINT_NAME, RESUME_NAME, atomic_write_json, load_checkpoint,
+                         model_from_checkpoint, save_checkpoint)
+from .data import seed_loader_epoch
+from .logger import append_jsonl
+from .manager import Manager, set_lr
+from .objectives import objective_for
+from .stats import ownership_stats
+
+# Exit statuses understood by the experiment scripts (spec §3.7; README "Exit codes").
+EXIT_OK, EXIT_ERROR, EXIT_WIDEN, EXIT_NO_GOAL, EXIT_NO_CAPACITY, EXIT_STOP_PRUNING = 0, 1, 2, 3, 5, 6
+PROTOCOL_STATUSES = (EXIT_WIDEN, EXIT_NO_GOAL, EXIT_NO_CAPACITY, EXIT_STOP_PRUNING)  # not errors
+
+# Settings that change what any phase computes (besides the phase's own extras).
+SIGNATURE_ARGS = ('dataset', 'arch', 'base_width', 'num_classes', 'epochs', 'lr', 'lr_mask',
+                  'batch_size', 'seed', 'weight_decay', 'learn_pick', 'lr_schedule', 'lr_decay_epochs',
+                  'lr_decay_factor', 'mask_lr_decay_epochs', 'mask_lr_decay_factors', 'patience',
+                  'max_decays', 'plateau_mask_factor', 'selection', 'train_acc_gate', 'goal_margin',
+                  'max_allowed_network_width_multiplier', 'total_num_tasks', 'val_fraction',
+                  'image_size', 'head')
+
+
+class PhaseContext:
+    """Everything a phase needs: parsed args, the data provider, logger and device."""
+
+    def __init__(self, args, data, logger, device, dist=None):
+        self.args, self.data, self.logger, self.device = args, data, logger, torch.device(device)
+        self.dist = dist  # utils.distributed.Distributed or None
+        self.is_main = dist is None or dist.is_main
+        self._last_resume = time.monotonic()
+        self.run_id = None
+
+    # ----- result / replay / resume -----------------------------------------------------------
+    def signature(self, phase, source=None, **extra):
+        """Identity of a phase run: every setting that can change its outcome, and the id of the
+        checkpoint it starts from (`source`: that checkpoint's metadata, None for a fresh model)."""
+        a = self.args
+        sig = {name: getattr(a, name, None) for name in SIGNATURE_ARGS}
+        sig.update(phase=phase, load_folder=_norm(a.load_folder),
+                   input_checkpoint=None if source is None else source.get('checkpoint_id'))
+        sig.update(extra)
+        # short id of this run, in every log.jsonl line and result.json: which run wrote what
+        self.run_id = hashlib.sha1(json.dumps(sig, sort_keys=True).encode()).hexdigest()[:12]
+        return sig
+
+    def replay(self, signature):
+        """Exit status of an identical finished phase in save_folder, or None."""
+        path = os.path.join(self.args.save_folder, 'result.json')
+        if not os.path.isfile(path):
+            return None
+        try:
+            with open(path) as f:
+                result = json.load(f)
+        except (OSError, ValueError):
+            self.logger.info('%s is unreadable; running again', path)
+            return None
+        if result.get('signature') != signature:
+            self.logger.info('%s holds a result of different settings or another input; running again', path)
+            return None
+        self.logger.info('already done (%s): status %d, accuracy %s', path, result['status'],
+                         result.get('accuracy'))
+        return result['status']
+
+    def finish(self, signature, status, **info):
+        if self.is_main:
+            os.makedirs(self.args.save_folder, exist_ok=True)
+            atomic_write_json(os.path.join(self.args.save_folder, 'result.json'),
+                              dict(info, status=status, run=self.run_id, signature=signature))
+            resume = os.path.join(self.args.save_folder, RESUME_NAME)  # the result replaces it
+            for path in (resume, resume + '.json'):
+                if os.path.exists(path):
+                    os.remove(path)
+        return status
+
+    def save(self, model, name=CHECKPOINT_NAME, **extra):
+        """The phase's frozen checkpoint (rank 0 writes it; the other ranks wait for it)."""
+        if self.is_main:
+            path = os.path.join(self.args.save_folder, name)
+            nbytes = save_checkpoint(path, model, self.args.arch, frozen=True, **extra)
+            self.logger.info('saved %s (%.1f MB)', path, nbytes / 2 ** 20)
+        if self.dist is not None:
+            self.dist.barrier()
+
+    def save_resume(self, model, final, **state):
+        """The resume state (float picks, optimizers, position), at most every
+        --resume_every_minutes and after the last epoch. At width 1.5 for a task >= 2 it is ~1 GB:
+        written every epoch it would cost more than a GPU epoch. Rank 0 decides alone (no
+        collective), since only it writes."""
+        minutes = getattr(self.args, 'resume_every_minutes', 0.0)
+        due = final or minutes <= 0 or time.monotonic() - self._last_resume >= 60 * minutes
+        if self.is_main and due:
+            save_checkpoint(os.path.join(self.args.save_folder, RESUME_NAME), model, self.args.arch,
+                            frozen=False, **state)
+            self._last_resume = time.monotonic()
+
+    def load_resume(self, signature):
+        """The matching resume state, or None (a stale one is ignored, and overwritten later)."""
+        path = os.path.join(self.args.save_folder, RESUME_NAME)
+        if not os.path.isfile(path):
+            return None
+        ckpt = load_checkpoint(path, map_location='cpu', hint='')
+        if ckpt.get('signature') != signature:
+            self.logger.info('ignoring %s: written with different settings or another input', path)
+            return None
+        self.logger.info('resuming from %s at epoch %d', path, ckpt['epoch'])
+        return ckpt
+
+    # ----- model helpers ----------------------------------------------------------------------
+    def load_model(self, folder, hint):
+        ckpt = load_checkpoint(folder, map_location='cpu', hint=hint)
+        return model_from_checkpoint(ckpt, self.device)
+
+    def manager(self, model, task, train_loader, val_loader, net=None):
+        """The Manager of `task`, with the loss and evaluator of its head kind."""
+        reduce = self.dist.all_reduce_sum if self.dist is not None else None
+        if getattr(self.args, 'channels_last', False):
+            model.to(memory_format=torch.channels_last)
+        head = model.tasks[task - 1].get('head', 'linear')
+        return Manager(model, task, self.device, train_loader, val_loader, self.logger,
+                       objective=objective_for(head), net=net, reduce=reduce, show_progress=self.is_main,
+                       amp=getattr(self.args, 'amp', None),
+                       channels_last=getattr(self.args, 'channels_last', False))
+
+    def wrap(self, model):
+        """DDP wrapper for training when distributed, else the model itself."""
+        return self.dist.wrap(model) if self.dist is not None else model
+
+    def seed_epoch(self, loader, epoch):
+        """Data order and augmentation depend only on (seed, epoch) and the rank: resume is exact."""
+        seed_loader_epoch(loader, self.args.seed, epoch)
+
+    def log_epoch(self, model, task, phase, epoch, train, val, lrs):
+        stats = ownership_stats(model, task)
+        self.logger.info('%s task %d epoch %d | train loss %.4f acc %.2f%% | val loss %.4f acc %.2f%% '
+                         '| lr %s | sparsity %.4f | owned %.4f | free %.4f | picked %.4f | width %s',
+                         phase, task, epoch, train['loss'], 100 * train['accuracy'], val['loss'],
+                         100 * val['accuracy'], lrs, stats['sparsity'], stats['owned_fraction'],
+                         stats['free_fraction'], stats['picked_fraction'], model.multiplier)
+        if self.is_main:
+            append_jsonl(os.path.join(self.args.save_folder, 'log.jsonl'),
+                         {'phase': phase, 'run': self.run_id, 'task': task, 'epoch': epoch, 'time': time.time(),
+                          'train': train, 'val': val, 'lr': lrs, **stats})
+
+
+def _norm(path):
+    return os.path.normpath(path) if path else None
+
+
+def file_identity(path):
+    """A cheap identity of an input file that is not a checkpoint of ours (pretrained weights)."""
+    if not path:
+        return None
+    stat = os.stat(path)
+    return {'path': os.path.abspath(path), 'size': stat.st_size, 'mtime': int(stat.st_mtime)}
+
+
+def set_task_record(model, task, **fields):
+    model.tasks[task - 1].update(fields)
+
+
+def run_epochs(ctx, phase, model, task, manager, sgd, adam, schedule, selection, signature,
+               pruner=None, on_fresh=None, on_best=None):
+    """The epoch loop of every phase: LR schedule, selection, resume. Returns epochs run.
+
+    Before an epoch the schedule gives the LRs, after it the schedule and the selection observe
+    the validation result. A selection that keeps the best epoch saves it when it happens
+    (`on_best`) together with the resume state, so the two never disagree after a kill.
+    """
+    start, step = 0, 0
+    resume = ctx.load_resume(signature)
+    if resume is not None:
+        model.load_state_dict(resume['model'])
+        if pruner is not None:
+            for _, layer in model.masked_layers():
+                layer.refresh_ownership()
+            pruner.load_state_dict(resume['pruner'])
+        sgd.load_state_dict(resume['sgd'])
+        if adam is not None:
+            adam.load_state_dict(resume['adam'])
+        schedule.load_state_dict(resume['schedule'])
+        selection.load_state_dict(resume['selection'])
+        start, step = resume['epoch'], resume['step']
+    elif on_fresh is not None:
+        on_fresh()
+
+    epoch = start
+    while not (schedule.finished(epoch) or selection.finished()):
+        lr, lr_mask = schedule.lrs(epoch)
+        set_lr(sgd, lr)
+        set_lr(adam, lr_mask)
+        ctx.seed_epoch(manager.train_loader, epoch)
+        train, step = manager.train_epoch(epoch, [sgd, adam], pruner=pruner, step=step)
+        if pruner is not None and epoch == schedule.epochs - 1:
+            pruner.finalize()  # a stage shorter than the interval still ends at s_f
+        val = manager.validate()
+        ctx.log_epoch(model, task, phase, epoch, train, val,
+                      {'lr': lr, 'lr_mask': lr_mask if adam is not None else 0.0})
+        schedule.observe(val['accuracy'])
+        new_best = selection.observe(epoch, train, val) and selection.saves_each_best
+        if new_best:
+            on_best(selection)
+        epoch += 1
+        final = schedule.finished(epoch) or selection.finished()
+        ctx.save_resume(model, final or new_best, signature=signature, epoch=epoch, step=step,
+                        sgd=sgd.state_dict(), adam=adam.state_dict() if adam is not None else None,
+                        schedule=schedule.state_dict(), selection=selection.state_dict(),
+                        pruner=pruner.state_dict() if pruner is not None else None)
+    return epoch - start

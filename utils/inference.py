@@ -1,0 +1,58 @@
+"""Inference (spec §10): every task of a final checkpoint evaluated in one process, each with its
+own width, pick and head, on the test split (the only phase that reads it when VAL_FRACTION > 0).
+No weight is ever zeroed in place: the layers form each task's effective weights functionally.
+"""
+import os
+
+from models.layers import PICK_THRESHOLD
+
+from .checkpoint import resolve_checkpoint
+from .context import EXIT_OK
+from .errors import CPGError
+from .stats import ownership_stats
+
+
+def run_inference(ctx):
+    """Evaluate tasks of a final checkpoint; returns (status, results dict)."""
+    a = ctx.args
+    ckpt_path = a.load_folder
+    model = ctx.load_model(ckpt_path, 'train the tasks first (the last task\'s gradual_prune folder)')
+    names = [t['name'] for t in model.tasks]
+    wanted = a.tasks if getattr(a, 'tasks', None) else ([a.dataset] if a.dataset else names)
+    for name in wanted:
+        if name not in names:
+            raise CPGError(f'task {name!r} is not in the checkpoint {ckpt_path} (it holds: {", ".join(names)})')
+    size_mb = os.path.getsize(resolve_checkpoint(ckpt_path)) / 2 ** 20
+    rows = []
+    for name in wanted:
+        task = model.task_id(name)
+        val = ctx.manager(model, task, None, ctx.data.test_loader(name)).validate()
+        stats = ownership_stats(model, task)
+        info = model.tasks[task - 1]
+        rows.append({'task': name, 'accuracy': val['accuracy'],
+                     'accuracy_when_learned': info.get('accuracy'),
+                     'network_width_multiplier': info['multiplier'],
+                     'pruning_ratio': info.get('pruning_ratio'),
+                     'owned_fraction': stats['owned_fraction'],
+                     'picked_fraction': stats['picked_fraction']})
+        ctx.logger.info('inference task %d %r: accuracy %.4f (when learned %s)', task, name,
+                        val['accuracy'], info.get('accuracy'))
+    average = sum(r['accuracy'] for r in rows) / max(len(rows), 1)
+    return EXIT_OK, {'checkpoint': resolve_checkpoint(ckpt_path), 'tasks': rows,
+                     'average_accuracy': average, 'checkpoint_mb': size_mb,
+                     'pick_threshold': PICK_THRESHOLD}
+
+
+def format_results_table(results):
+    """Plain-text table of run_inference's results."""
+    head = f'{"task":<32} {"acc %":>7} {"learned %":>9} {"width":>5} {"pruned":>6} {"owned":>6} {"picked":>6}'
+    lines = [head, '-' * len(head)]
+    for r in results['tasks']:
+        learned = '' if r['accuracy_when_learned'] is None else f'{100 * r["accuracy_when_learned"]:.2f}'
+        lines.append(f'{r["task"]:<32} {100 * r["accuracy"]:>7.2f} {learned:>9} '
+                     f'{r["network_width_multiplier"]:>5.2f} {r["pruning_ratio"] or 0:>6.2f} '
+                     f'{r["owned_fraction"]:>6.3f} {r["picked_fraction"]:>6.3f}')
+    lines.append('-' * len(head))
+    lines.append(f'average accuracy {100 * results["average_accuracy"]:.2f}% | checkpoint '
+                 f'{results["checkpoint_mb"]:.2f} MB')
+    return '\n'.join(lines)

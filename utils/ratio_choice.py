@@ -1,0 +1,117 @@
+"""The sparsity a task keeps (spec §3.4): the automatic rule, the promotion, the record as a table.
+
+Shared by tools/choose_appropriate_pruning_ratio_for_next_task.py (experiment 1: the rule, every
+run) and tools/pick_pruning_ratio.py (experiment 2: the user picks by hand, or asks for the rule).
+
+Promoting copies the chosen stage's checkpoint atomically to <task>/gradual_prune/checkpoint.pth.tar
+(what the next task loads) and records the choice in gradual_prune/chosen.json; its `source` is the
+chosen stage's own checkpoint, where the retrain starts from. Nothing is deleted here.
+"""
+import json
+import os
+
+from .checkpoint import CHECKPOINT_NAME, atomic_write_json, checkpoint_info, copy_checkpoint, read_sidecar
+from .errors import CPGError
+from .records import CHOICE_MARKER, ratio_key
+
+
+def choose_ratio(record, goal, allow_acc_loss, at_max_width):
+    """Sparsity key to keep, or None for the unpruned model. record: {"0.0": acc, "0.1": acc, ...}.
+
+    The highest sparsity whose accuracy + allow_acc_loss >= goal; at the maximum width, when the
+    unpruned accuracy missed the goal, the highest sparsity reached (the must-prune result).
+    """
+    acc0 = record.get('0.0')
+    stages = sorted((k for k in record if float(k) > 0), key=float, reverse=True)
+    if at_max_width and acc0 is not None and acc0 < goal and stages:
+        return stages[0]
+    for key in stages:
+        if record[key] + allow_acc_loss >= goal:
+            return key
+    return None
+
+
+def is_at_max_width(width, max_width):
+    return width is not None and width >= max_width - 1e-9
+
+
+def stage_checkpoint(task_folder, key):
+    """The checkpoint of the stage that recorded sparsity `key` (None or "0.0": Phase A's scratch/)."""
+    if key is None or float(key) == 0:
+        return os.path.join(task_folder, 'scratch', CHECKPOINT_NAME)
+    return os.path.join(task_folder, 'gradual_prune', key, CHECKPOINT_NAME)
+
+
+def task_width(task_folder, task):
+    """Raw width multiplier of the task's Phase A checkpoint (from its sidecar)."""
+    scratch = stage_checkpoint(task_folder, None)
+    meta = read_sidecar(scratch)
+    if meta is None:
+        raise CPGError(f'no Phase A checkpoint at {scratch}; run Phase A (--mode finetune) for {task} first')
+    return meta['network_width_multiplier']
+
+
+def read_choice(task_folder):
+    """gradual_prune/chosen.json as a dict, or None (absent or unreadable)."""
+    try:
+        with open(os.path.join(task_folder, 'gradual_prune', CHOICE_MARKER)) as f:
+            chosen = json.load(f)
+        return chosen if isinstance(chosen, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def promote(task_folder, key, record, task, goal, picked_by='auto'):
+    """Promote sparsity `key` (None: the unpruned scratch/ model) and write chosen.json.
+
+    Returns (chosen, copied): the dict written to chosen.json, and False when the promoted file
+    already was this checkpoint (nothing copied).
+    """
+    prune_dir = os.path.join(task_folder, 'gradual_prune')
+    source = stage_checkpoint(task_folder, key)
+    shown = '0.0' if key is None else key
+    if not os.path.isfile(source):
+        rerun = 'Phase A' if key is None or float(key) == 0 else 'that pruning stage'
+        raise CPGError(f'record.txt lists sparsity {shown} but its checkpoint {source} is missing; '
+                       f'rerun {rerun} (run the task\'s CPG script again)')
+    width = checkpoint_info(source, 'rerun the stage that wrote it')['network_width_multiplier']
+    copied = copy_checkpoint(source, os.path.join(prune_dir, CHECKPOINT_NAME))
+    chosen = {'task': task, 'chosen_pruning_ratio': float(shown), 'accuracy': record.get(shown),
+              'goal': goal, 'network_width_multiplier': width, 'source': source, 'picked_by': picked_by}
+    atomic_write_json(os.path.join(prune_dir, CHOICE_MARKER), chosen)
+    return chosen, copied
+
+
+def format_record_table(record, goal=None, suggested=None, chosen=None, has_checkpoint=None):
+    """The record as text lines, one row per sparsity in numeric order.
+
+    goal: accuracy goal or None (no goal column); suggested: the rule's key (None = "0.0");
+    chosen: the chosen.json dict or None; has_checkpoint: {key: bool} (no column if None).
+    """
+    chosen_key = None
+    if chosen and chosen.get('chosen_pruning_ratio') is not None:
+        chosen_key = ratio_key(chosen['chosen_pruning_ratio'])
+    if goal is not None and suggested is None:
+        suggested = '0.0'
+    header = ['sparsity', 'accuracy'] + (['vs goal'] if goal is not None else []) \
+        + (['checkpoint'] if has_checkpoint is not None else [])
+    rows = []
+    for key in sorted(record, key=float):
+        row = [key, f'{100 * record[key]:.2f}%']
+        if goal is not None:
+            row.append(f'{100 * (record[key] - goal):+.2f}')
+        if has_checkpoint is not None:
+            row.append('yes' if has_checkpoint.get(key) else 'missing')
+        marks = []
+        if goal is not None and key == suggested:
+            marks.append('suggested')
+        if key == chosen_key:
+            marks.append(f'chosen ({chosen.get("picked_by", "auto")})')
+        rows.append((row, marks))
+    widths = [max(len(header[i]), *(len(r[i]) for r, _ in rows)) if rows else len(header[i])
+              for i in range(len(header))]
+    lines = ['  '.join(h.rjust(w) for h, w in zip(header, widths))]
+    for row, marks in rows:
+        line = '  '.join(c.rjust(w) for c, w in zip(row, widths))
+        lines.append(line + ('  <- ' + ', '.join(marks) if marks else ''))
+    return lines
