@@ -111,8 +111,14 @@ if [ "$TARGET_TASK_ID" = all ]; then
   exit 0
 fi
 
-learn_task "$TARGET_TASK_ID"
 task=${TASK_LIST[$TARGET_TASK_ID-1]}
+if [ -f "$ROOT/$task/DONE" ]; then
+  # learned and picked by an `all` run, whose stage copies are gone: nothing to redo
+  echo "=== task $TARGET_TASK_ID ($task) is already learned (DONE); its record:"
+  python tools/pick_pruning_ratio.py --task_folder "$ROOT/$task" --dataset "$task" --baseline_acc_file "$GOALS_FILE"
+  exit 0
+fi
+learn_task "$TARGET_TASK_ID"
 python tools/pick_pruning_ratio.py --task_folder "$ROOT/$task" --dataset "$task" --baseline_acc_file "$GOALS_FILE" \
   --allow_acc_loss "$ALLOW_ACC_LOSS" --max_allowed_network_width_multiplier "$MAX_WIDTH"
 echo "=== task $TARGET_TASK_ID ($task) learned. Pick its pruning ratio from the table above:"

@@ -277,3 +277,68 @@ def subprocess_env(**extra):
     env['DEVICE'] = DEVICE
     env.update({k: str(v) for k, v in extra.items()})
     return env
+
+
+def run_main_block(argv, capsys):
+    """The script argv[0]'s own __main__ block, run in this process (the fast loop's stand-in for
+    a subprocess): (exit status, stdout, stderr)."""
+    import runpy
+    saved = sys.argv
+    sys.argv = [str(a) for a in argv]
+    try:
+        runpy.run_path(sys.argv[0], run_name='__main__')
+        rc = 0
+    except SystemExit as exc:
+        rc = exc.code
+    finally:
+        sys.argv = saved
+    captured = capsys.readouterr()
+    return rc, captured.out, captured.err
+
+
+def spy_on_paths(monkeypatch, prefixes):
+    """Record every stat / listing / open of a path under any of `prefixes`: returns the list the
+    calls are appended to, as (function name, path)."""
+    import builtins
+    prefixes = [os.path.abspath(p) for p in prefixes]
+    touched = []
+
+    def spy(function):
+        def wrapper(path, *args, **kwargs):
+            if isinstance(path, (str, bytes, os.PathLike)):
+                name = os.path.abspath(os.fsdecode(path))
+                if any(name == p or name.startswith(p + os.sep) for p in prefixes):
+                    touched.append((function.__name__, name))
+            return function(path, *args, **kwargs)
+        return wrapper
+
+    for module, name in ((os, 'stat'), (os, 'lstat'), (os, 'listdir'), (os, 'scandir'),
+                         (builtins, 'open')):
+        monkeypatch.setattr(module, name, spy(getattr(module, name)))
+    return touched
+
+
+def kill_script_when(script, env, due, delay, name, timeout=600, before_kill=None):
+    """Start `bash script` in its own process group, wait until `due()` is true, sleep `delay`
+    seconds, call `before_kill()` (e.g. to note where the run is), then SIGKILL the whole group
+    (kill -9 as a user's machine does it). Fails the test if the script ends first."""
+    import signal
+    import subprocess
+    import time
+
+    import pytest
+    proc = subprocess.Popen(['bash', script], cwd=REPO, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    started = time.monotonic()
+    while proc.poll() is None and not due():
+        assert time.monotonic() - started < timeout, f'{name}: never due'
+        time.sleep(0.01)
+    if proc.poll() is not None:
+        pytest.fail(f'{name}: the script ended (exit {proc.returncode}) before the kill point: '
+                    f'{proc.stderr.read()[-2000:]}')
+    time.sleep(delay)
+    if before_kill is not None:
+        before_kill()
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    proc.stderr.close()

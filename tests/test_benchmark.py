@@ -171,7 +171,7 @@ def test_benchmark_defaults_per_architecture_and_device():
     import torch
     bench = load_tool('benchmark')
     for arch, device, size, batches, loader in (('resnet50', 'cuda', 224, '32', True),
-                                                ('resnet50', 'cpu', 64, '8', True),
+                                                ('resnet50', 'cpu', 112, '8', True),
                                                 ('custom_vgg_cifar100', 'cpu', 32, '32,128', False)):
         args = bench.get_args_parser().parse_args(['--arch', arch])
         bench.resolve_defaults(args, torch.device(device))

@@ -14,7 +14,8 @@ import sys
 import pytest
 import torch
 
-from cpg_testlib import DEVICE, REPO, make_toy_data, subprocess_env, tiny_model, tree_bytes
+from cpg_testlib import (DEVICE, REPO, make_toy_data, run_main_block, subprocess_env, tiny_model,
+                         tree_bytes)
 from utils.checkpoint import save_checkpoint
 
 MAIN = os.path.join(REPO, 'CPG_cifar100_main.py')
@@ -141,18 +142,7 @@ def subprocess_runs(cli_cases):
 
 def _in_process(argv, capsys):
     """The script's own __main__ block, run in this process: (exit status, stdout, stderr)."""
-    import runpy
-    saved = sys.argv
-    sys.argv = list(argv)
-    try:
-        runpy.run_path(argv[0], run_name='__main__')
-        rc = 0
-    except SystemExit as exc:
-        rc = exc.code
-    finally:
-        sys.argv = saved
-    captured = capsys.readouterr()
-    return rc, captured.out, captured.err
+    return run_main_block(argv, capsys)
 
 
 def _params():

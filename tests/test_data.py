@@ -20,7 +20,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-from cpg_testlib import load_tool, tree_bytes  # noqa: E402
+from cpg_testlib import load_tool, spy_on_paths, tree_bytes  # noqa: E402
 from utils.cifar100_config import CIFAR100_TASKS, NORM_STATS  # noqa: E402
 from utils.cifar100_dataset import (CifarTasks, TaskImageFolder, channel_stats,  # noqa: E402
                                     task_normalization)
@@ -420,22 +420,7 @@ def _provider_args(root, **overrides):
 
 def forbid_paths(monkeypatch, prefix):
     """Record every stat / listing / open of a path under `prefix` (a list, filled as they happen)."""
-    import builtins
-    touched, prefix = [], os.path.abspath(prefix)
-
-    def spy(function):
-        def wrapper(path, *args, **kwargs):
-            if isinstance(path, (str, bytes, os.PathLike)):
-                name = os.path.abspath(os.fsdecode(path))
-                if name == prefix or name.startswith(prefix + os.sep):
-                    touched.append((function.__name__, name))
-            return function(path, *args, **kwargs)
-        return wrapper
-
-    for module, name in ((os, 'stat'), (os, 'lstat'), (os, 'listdir'), (os, 'scandir'),
-                         (builtins, 'open')):
-        monkeypatch.setattr(module, name, spy(getattr(module, name)))
-    return touched
+    return spy_on_paths(monkeypatch, [prefix])
 
 
 def test_val_fraction_never_touches_the_test_split(tmp_path, monkeypatch):

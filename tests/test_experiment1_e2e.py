@@ -11,14 +11,12 @@ import glob
 import json
 import os
 import random
-import signal
 import subprocess
-import time
 
 import pytest
 import torch
 
-from cpg_testlib import REPO, subprocess_env
+from cpg_testlib import REPO, kill_script_when, subprocess_env
 from utils.checkpoint import load_checkpoint, model_from_checkpoint
 
 pytestmark = pytest.mark.slow
@@ -214,27 +212,16 @@ def test_kill_9_at_any_moment_then_rerun_gives_the_same_result(reference, toy_da
     env = _env(toy_data, tmp_path)
     root = tmp_path / 'checkpoints' / ARCH_DIR
     rng = random.Random(20191208)
-    kills, reruns = [], 0
+    kills, reruns, wheres = [], 0, []
     for name, task, due, max_delay in KILL_POINTS:
         if name == 'before_done' and any(k[0] == 'before_done' and k[2] == 'before_done' for k in kills):
             continue  # the gap before DONE was already hit on task 2
         finished = _finished_runs(root)
         trained_before = _epochs_run(root)
-        proc = subprocess.Popen(['bash', SCRIPT], cwd=REPO, env=env, start_new_session=True,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        kill_script_when(SCRIPT, env, lambda: due(root), rng.uniform(0.0, max_delay), name,
+                         before_kill=lambda: wheres.append(_where(root, task)))
         reruns += 1
-        started = time.monotonic()
-        while proc.poll() is None and not due(root):
-            assert time.monotonic() - started < 300, f'{name}: never due'
-            time.sleep(0.01)
-        if proc.poll() is not None:
-            pytest.fail(f'{name}: the script ended (exit {proc.returncode}) before the kill point: '
-                        f'{proc.stderr.read()[-2000:]}')
-        time.sleep(rng.uniform(0.0, max_delay))
-        where = _where(root, task)
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        proc.stderr.close()
+        where = wheres[-1]
         kills.append((name, task, where))
         # a finished stage is never trained again: no new epoch under its run id
         trained = _epochs_run(root)

@@ -10,14 +10,12 @@ import json
 import os
 import random
 import shutil
-import signal
 import subprocess
-import time
 
 import pytest
 import torch
 
-from cpg_testlib import REPO, make_toy_data, subprocess_env
+from cpg_testlib import REPO, kill_script_when, make_toy_data, subprocess_env
 from utils.checkpoint import load_checkpoint, model_from_checkpoint
 
 pytestmark = pytest.mark.slow
@@ -181,19 +179,7 @@ def test_kill_9_then_rerun_gives_the_same_model(reference, fg_data, tmp_path):
     root = tmp_path / 'checkpoints' / ARCH_DIR
     rng = random.Random(2019)
     for name, due, max_delay in KILL_POINTS:
-        proc = subprocess.Popen(['bash', SCRIPT], cwd=REPO, env=env, start_new_session=True,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        started = time.monotonic()
-        while proc.poll() is None and not due(root):
-            assert time.monotonic() - started < 600, f'{name}: never due'
-            time.sleep(0.01)
-        if proc.poll() is not None:
-            pytest.fail(f'{name}: the script ended (exit {proc.returncode}) before the kill point: '
-                        f'{proc.stderr.read()[-2000:]}')
-        time.sleep(rng.uniform(0.0, max_delay))
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        proc.stderr.close()
+        kill_script_when(SCRIPT, env, lambda: due(root), rng.uniform(0.0, max_delay), name)
     proc = _run(SCRIPT, env)
     assert proc.returncode == 0, _tail(proc)
     assert _chosen(root) == _chosen(ref_root)
@@ -226,3 +212,24 @@ def test_val_fraction_selects_on_held_out_train_images_and_never_opens_test(fg_d
     assert proc.returncode == 0, _tail(proc)
     rows = json.loads((tmp_path / 'results.json').read_text())['tasks']
     assert [r['task'] for r in rows] == list(tasks)
+
+
+def test_rerun_after_done_touches_nothing(reference):
+    """After `all`: rerunning `all`, asking for task 1 again and re-picking its ratio (whose stage
+    copy is gone) all succeed without a stage starting or a file changing."""
+    _, env, root = reference
+    files = {p: (os.stat(p).st_mtime_ns, os.path.getsize(p))
+             for p in glob.glob(str(root / '**' / '*'), recursive=True) if os.path.isfile(p)}
+    proc = _run(SCRIPT, env, TARGET_TASK_ID='all')
+    assert proc.returncode == 0, _tail(proc)
+    assert all(f'=== {task}: already learned, skipping' in proc.stdout for task in TASKS)
+    one = _run(SCRIPT, env, TARGET_TASK_ID=1)
+    assert one.returncode == 0 and 'is already learned (DONE)' in one.stdout, _tail(one)
+    assert 'sparsity  accuracy' in one.stdout  # the record table, printed again
+    for proc in (one, _run(SCRIPT, env, TARGET_TASK_ID='all')):
+        assert 'Phase A' not in proc.stdout and 'already done' not in proc.stdout
+    proc = _pick(env, root, TASKS[0], _chosen(root)[TASKS[0]])
+    assert proc.returncode == 0 and '(already in place)' in proc.stdout, _tail(proc)
+    after = {p: (os.stat(p).st_mtime_ns, os.path.getsize(p))
+             for p in glob.glob(str(root / '**' / '*'), recursive=True) if os.path.isfile(p)}
+    assert after == files

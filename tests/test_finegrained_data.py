@@ -1,6 +1,5 @@
 """Experiment 2's data: the fine-grained layout, lazy decoding, the spec §6.2 transforms with
 per-sample generators, the provider FineGrainedTasks and its honest validation split."""
-import builtins
 import os
 import shutil
 from types import SimpleNamespace
@@ -11,7 +10,7 @@ import torch
 import torchvision.transforms as T
 from PIL import Image
 
-from cpg_testlib import load_tool
+from cpg_testlib import load_tool, spy_on_paths
 from utils.data import default_workers, sample_generator, seed_loader_epoch
 from utils.distributed import Distributed
 from utils.errors import CPGError
@@ -183,20 +182,7 @@ def test_val_fraction_never_touches_the_test_split(root, tmp_path, monkeypatch):
     removed = [os.path.join(data, 'birds_cropped', 'test'), os.path.join(data, 'imagenet', 'val')]
     for folder in removed:
         shutil.rmtree(folder)
-    touched = []
-
-    def spy(function):
-        def wrapper(path, *args, **kwargs):
-            if isinstance(path, (str, bytes, os.PathLike)):
-                name = os.path.abspath(os.fsdecode(path))
-                if any(name == r or name.startswith(r + os.sep) for r in removed):
-                    touched.append((function.__name__, name))
-            return function(path, *args, **kwargs)
-        return wrapper
-
-    for module, name in ((os, 'stat'), (os, 'lstat'), (os, 'listdir'), (os, 'scandir'),
-                         (builtins, 'open')):
-        monkeypatch.setattr(module, name, spy(getattr(module, name)))
+    touched = spy_on_paths(monkeypatch, removed)
     provider = FineGrainedTasks(_args(data, val_fraction=0.2), 'cpu')
     for task in ('birds_cropped', 'imagenet'):
         train, select, num_classes = provider.loaders(task)

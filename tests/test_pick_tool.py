@@ -5,14 +5,13 @@ process through its __main__ block (the fast loop), and as a subprocess (`slow`)
 """
 import json
 import os
-import runpy
 import shutil
 import subprocess
 import sys
 
 import pytest
 
-from cpg_testlib import REPO, load_tool, subprocess_env, tiny_model, tree_bytes
+from cpg_testlib import REPO, load_tool, run_main_block, subprocess_env, tiny_model, tree_bytes
 from utils.checkpoint import read_sidecar, save_checkpoint
 from utils.ratio_choice import choose_ratio, format_record_table
 
@@ -49,17 +48,7 @@ def run_tool(argv, how, capsys=None):
         proc = subprocess.run([sys.executable, TOOL, *argv], cwd=REPO, env=subprocess_env(),
                               capture_output=True, text=True, timeout=120)
         return proc.returncode, proc.stdout, proc.stderr
-    saved = sys.argv
-    sys.argv = [TOOL, *argv]
-    try:
-        runpy.run_path(TOOL, run_name='__main__')
-        rc = 0
-    except SystemExit as exc:
-        rc = exc.code
-    finally:
-        sys.argv = saved
-    captured = capsys.readouterr()
-    return rc, captured.out, captured.err
+    return run_main_block([TOOL, *argv], capsys)
 
 
 def checkpoint_id(path):

@@ -5,7 +5,7 @@ Usage: python tools/benchmark.py [--arch custom_vgg_cifar100|resnet50] [--quick]
                                  [--amp] [--channels_last] [--image_size S] [--batches B1,B2]
 
 One process measures, for the paper's VGG16-BN (`custom_vgg_cifar100`, 32x32 inputs, the default)
-or ResNet-50 (`resnet50`: 224x224 and batch 32 on CUDA; 64x64 and batch 8 on CPU; bench_lib's
+or ResNet-50 (`resnet50`: 224x224 and batch 32 on CUDA; 112x112 and batch 8 on CPU; bench_lib's
 BENCH_MODELS), the time of
   dense train     plain nn.Conv2d/Linear/BatchNorm2d net (ResNet-50: torchvision's), SGD (Nesterov
                   0.9, weight decay 4e-5) step
@@ -43,8 +43,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # tools/: bench_lib, bench_epoch
 
 from bench_epoch import epoch_data_task, measure_epochs  # noqa: E402
-from bench_lib import (BENCH_MODELS, NUM_CLASSES, end_all, first_task, paired_ratio,  # noqa: E402
-                       second_task, simulate_tasks, size_report)
+from bench_lib import (BENCH_MODELS, NUM_CLASSES, StepTimer, end_all, first_task, paired_ratio,  # noqa: E402
+                       run_rounds, second_task, simulate_tasks, size_report)
 from bench_loader import LOADER_IMAGE_SIDE, LOADER_IMAGES, measure_loader, print_loader  # noqa: E402
 from models import build_model  # noqa: E402
 from utils.manager import build_weight_optimizer  # noqa: E402
@@ -66,7 +66,7 @@ def get_args_parser():
     # What to run
     parser.add_argument('--arch', default='custom_vgg_cifar100', choices=sorted(BENCH_MODELS),
                         help='custom_vgg_cifar100 (experiment 1, 32x32) or resnet50 (experiment 2: 224x224, '
-                             'batch 32 on CUDA; 64x64, batch 8 on CPU)')
+                             'batch 32 on CUDA; 112x112, batch 8 on CPU)')
     parser.add_argument('--device', default='auto', choices=['auto', 'cpu', 'cuda'],
                         help='auto = cuda when available, else cpu')
     parser.add_argument('--quick', action='store_true', help='fewer steps of the same models (< 2 min on a 2-core CPU)')
@@ -88,7 +88,7 @@ def get_args_parser():
                         help='JPEG sides are drawn in 0.75-1.5 x this (default 350: 262-525 px, as ImageNet)')
     parser.add_argument('--image_size', type=int, default=None,
                         help='input side of the timed steps and the loader (default: the architecture\'s '
-                             'for the device, e.g. resnet50 224 on CUDA, 64 on CPU)')
+                             'for the device, e.g. resnet50 224 on CUDA, 112 on CPU)')
     # Paths
     parser.add_argument('--json', default=None, help='write the figures (ratios to dense) to this JSON file')
     parser.add_argument('--epoch_data', default=None,
@@ -108,29 +108,6 @@ def get_args_parser():
     parser.add_argument('--epoch_repeats', type=int, default=2, help=argparse.SUPPRESS)  # timed epochs each
     parser.add_argument('--epoch_warmup', type=int, default=5, help=argparse.SUPPRESS)  # warm-up batches
     return parser
-
-
-# --------------------------------------------------------------------------------------------------
-# Timing
-# --------------------------------------------------------------------------------------------------
-class StepTimer:
-    """Seconds of one call: perf_counter on CPU; CUDA events around the call on an idle device."""
-
-    def __init__(self, device):
-        self.cuda = device.type == 'cuda'
-
-    def __call__(self, fn):
-        if not self.cuda:
-            start = time.perf_counter()
-            result = fn()
-            return time.perf_counter() - start, result
-        torch.cuda.synchronize()  # the queue is empty: the start event fires when recorded
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        result = fn()
-        end.record()
-        torch.cuda.synchronize()  # both events have completed before they are read
-        return start.elapsed_time(end) / 1e3, result
 
 
 class Bench:
@@ -220,20 +197,6 @@ class Bench:
 
     def cpg_infer(self, size):
         self._infer(self.taskk, size)
-
-
-def run_rounds(timer, steps, warmup, fns):
-    """Interleave: each round runs every fn once, in an order rotated per round; warm-up untimed."""
-    names = list(fns)
-    times = {name: [] for name in names}
-    flags = {name: [] for name in names}
-    for r in range(warmup + steps):
-        for name in names[r % len(names):] + names[:r % len(names)]:
-            seconds, result = timer(fns[name])
-            if r >= warmup:
-                times[name].append(seconds)
-                flags[name].append(result)
-    return times, flags
 
 
 def amortized_prune(times, updated):

@@ -70,6 +70,10 @@ def promote(task_folder, key, record, task, goal, picked_by='auto'):
     prune_dir = os.path.join(task_folder, 'gradual_prune')
     source = stage_checkpoint(task_folder, key)
     shown = '0.0' if key is None else key
+    current = read_choice(task_folder)
+    if (not os.path.isfile(source) and current is not None and current.get('source') == source
+            and os.path.isfile(os.path.join(prune_dir, CHECKPOINT_NAME))):
+        return current, False  # already promoted; its stage copy went when the task was DONE
     if not os.path.isfile(source):
         rerun = 'Phase A' if key is None or float(key) == 0 else 'that pruning stage'
         raise CPGError(f'record.txt lists sparsity {shown} but its checkpoint {source} is missing; '
