@@ -233,3 +233,23 @@ def test_rerun_after_done_touches_nothing(reference):
     after = {p: (os.stat(p).st_mtime_ns, os.path.getsize(p))
              for p in glob.glob(str(root / '**' / '*'), recursive=True) if os.path.isfile(p)}
     assert after == files
+
+
+def test_torchrun_nproc_2_ends_like_one_process(reference, fg_data, tmp_path):
+    """NPROC=2 (torchrun, gloo on CPU) through the experiment-2 scripts: the same growth,
+    must-prune stop and pruning ratios as the reference, and every task reproduced exactly.
+    Accuracies may differ in the last digits: the ranks average gradients in another order."""
+    _, _, ref_root = reference
+    env = _env(fg_data, tmp_path, NPROC='2', DEVICE='cpu')
+    proc = _run(SCRIPT, env, TARGET_TASK_ID='all')
+    assert proc.returncode == 0, _tail(proc)
+    proc = _run(INFERENCE, env, timeout=300)
+    assert proc.returncode == 0, _tail(proc)
+    root = tmp_path / 'checkpoints' / ARCH_DIR
+    assert _chosen(root) == _chosen(ref_root)
+    assert [float((root / t / 'width').read_text()) for t in TASKS] == [1.0, 1.5, 1.5]
+    rows = json.loads((tmp_path / 'results.json').read_text())['tasks']
+    for row in rows:
+        assert row['accuracy'] == row['accuracy_when_learned'], row
+    log_b = (root / 'toy_b' / 'train.log').read_text()
+    assert 'widen the network and retry (exit 2)' in log_b and 'must-prune rule' in log_b
