@@ -70,3 +70,23 @@ def test_loads_and_exports_on_the_test_device_reproduce_every_task(checkpoints, 
                 assert torch.equal(got, expected), task
             else:  # another device's kernels round differently; the masks and weights are the same
                 assert torch.allclose(got, expected, rtol=1e-4, atol=1e-5), task
+
+
+@pytest.mark.filterwarnings('ignore:for .*meta parameter')
+def test_resnet50_checkpoint_loads_every_tensor_onto_the_meta_device(tmp_path):
+    """The same for experiment 2's ResNet-50 (per-task BN in every bottleneck and downsample):
+    two tasks, the second grown to 1.5 and picking, then loaded on `meta`."""
+    from models import build_model
+    torch.manual_seed(0)
+    model = build_model('resnet50', base_width=0.0625).to(DEVICE)
+    model.add_task('t1', 5)
+    learn_task(model, 1, sparsity=0.5, seed=1)
+    model.add_task('t2', 5, multiplier=1.5)
+    learn_task(model, 2, seed=2)
+    path = str(tmp_path / 'resnet.pth.tar')
+    save_checkpoint(path, model, 'resnet50')
+    loaded = model_from_checkpoint(load_checkpoint(path), 'meta')
+    stray = [name for name, tensor in _tensors(loaded) if tensor.device.type != 'meta']
+    assert stray == [], f'left off the model device: {stray}'
+    assert any('pick_bits_2' in name for name, _ in loaded.named_buffers())
+    assert [t['head'] for t in loaded.tasks] == ['linear', 'linear'] and loaded.multiplier == 1.5
