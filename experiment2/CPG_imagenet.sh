@@ -43,88 +43,32 @@ WIDTH_STEP=${WIDTH_STEP:-0.5}
 MAX_WIDTH=${MAX_WIDTH:-1.5}
 ALLOW_ACC_LOSS=${ALLOW_ACC_LOSS:-0.0}         # --auto picks: tolerated accuracy below the goal
 ROOT=$CHECKPOINT_ROOT/CPG/experiment2/$ARCH
+SCRIPT=experiment2/CPG_imagenet.sh
 mkdir -p logs "$ROOT"
-num_tasks=${#TASK_LIST[@]}
 
-if [ "$TARGET_TASK_ID" != all ] && ! { [[ $TARGET_TASK_ID =~ ^[0-9]+$ ]] && [ "$TARGET_TASK_ID" -ge 1 ] && [ "$TARGET_TASK_ID" -le "$num_tasks" ]; }; then
-  echo "TARGET_TASK_ID=$TARGET_TASK_ID: use 1..$num_tasks (tasks: ${TASK_LIST[*]}) or all" >&2
-  exit 1
-fi
+check_target "$TARGET_TASK_ID"
 if [ ! -f "$GOALS_FILE" ]; then
   echo "accuracy goal file $GOALS_FILE not found: run experiment2/baseline_imagenet.sh first, or set GOALS_FILE=experiment2/goals_piggyback_resnet50.txt" >&2
   exit 3
 fi
 preflight --goals_file "$GOALS_FILE"   # every task's data and goal, before days of training
 common=(--baseline_acc_file "$GOALS_FILE" --weight_decay "$WEIGHT_DECAY" --goal_margin "$GOAL_MARGIN"
-        --max_allowed_network_width_multiplier "$MAX_WIDTH" --total_num_tasks "$num_tasks"
+        --max_allowed_network_width_multiplier "$MAX_WIDTH" --total_num_tasks "${#TASK_LIST[@]}"
         --patience "$PATIENCE")
 
-pick_command() { echo "python tools/pick_pruning_ratio.py --task_folder $1 --baseline_acc_file $GOALS_FILE --ratio <ratio>"; }
-
-# learn_task N: Phase A with growth and the pruning stages of task N (its pick is separate).
-learn_task() {
-  local n=$1 task=${TASK_LIST[$1-1]}
-  local dir=$ROOT/$task load=() epochs=$PRUNE_EPOCHS frequency=$PRUNING_FREQUENCY
-  width=$START_WIDTH   # the widest earlier task's width (the checkpoint's wins if it is larger)
-  for ((i = 1; i < n; i++)); do width=$(max "$width" "$(stored_width "$ROOT/${TASK_LIST[$i-1]}")"); done
-  if [ "$n" -gt 1 ]; then
-    local prev=$ROOT/${TASK_LIST[$n-2]}
-    if [ ! -f "$prev/gradual_prune/chosen.json" ]; then
-      echo "task $((n - 1)) (${TASK_LIST[$n-2]}) has no picked pruning ratio yet; pick one first:" >&2
-      echo "  python tools/pick_pruning_ratio.py --task_folder $prev --baseline_acc_file $GOALS_FILE   (prints the table)" >&2
-      echo "  $(pick_command "$prev")" >&2
-      exit 1
-    fi
-    load=(--load_folder "$prev/gradual_prune")
-  else
-    epochs=$FIRST_TASK_PRUNE_EPOCHS
-    frequency=$FIRST_TASK_PRUNING_FREQUENCY
-  fi
-  mkdir -p "$dir"
-  pretrained_flags "$n" "$task" "$FINETUNE_EPOCHS"
-  echo "=== task $n/$num_tasks: $task (width multiplier $width)"
-  phase_a_with_growth "$dir" "$task" "${load[@]}" "${first_flags[@]}" \
-    --lr "$(per_task LR "$task" "$LR")" --lr_mask "$LR_MASK" "${common[@]}"
-  if [ "$phase_a" -ne 5 ]; then
-    pruning_stages "$dir" "$task" --epochs "$epochs" --lr "$(per_task PRUNE_LR "$task" "$PRUNE_LR")" \
-      --pruning_frequency "$frequency" "${common[@]}"
-  fi
+# task_flags N TASK: task N's Phase A and pruning flags (the hook of learn_task, tools/stages.sh).
+task_flags() {
+  local epochs=$PRUNE_EPOCHS frequency=$PRUNING_FREQUENCY
+  if [ "$1" -eq 1 ]; then epochs=$FIRST_TASK_PRUNE_EPOCHS; frequency=$FIRST_TASK_PRUNING_FREQUENCY; fi
+  pretrained_flags "$1" "$2" "$FINETUNE_EPOCHS"
+  phase_a_flags=("${first_flags[@]}" --lr "$(per_task LR "$2" "$LR")" --lr_mask "$LR_MASK" "${common[@]}")
+  prune_flags=(--epochs "$epochs" --lr "$(per_task PRUNE_LR "$2" "$PRUNE_LR")" --pruning_frequency "$frequency"
+               "${common[@]}")
 }
 
-if [ "$TARGET_TASK_ID" = all ]; then
-  for ((n = 1; n <= num_tasks; n++)); do
-    task=${TASK_LIST[$n-1]}
-    dir=$ROOT/$task
-    if [ -f "$dir/DONE" ]; then echo "=== $task: already learned, skipping"; drop_stage_copies "$dir"; continue; fi
-    learn_task "$n"
-    if [ -f "$dir/gradual_prune/chosen.json" ]; then
-      echo "=== $task: keeping the pruning ratio picked before"
-    else
-      python tools/pick_pruning_ratio.py --task_folder "$dir" --dataset "$task" --baseline_acc_file "$GOALS_FILE" \
-        --auto --allow_acc_loss "$ALLOW_ACC_LOSS" --max_allowed_network_width_multiplier "$MAX_WIDTH" \
-        --log_path "$dir/train.log" || fail "ratio choice of $task" "$?" "$dir/train.log"
-    fi
-    touch "$dir/DONE"
-    drop_stage_copies "$dir"
-  done
-  echo "all $num_tasks tasks learned; final model: $ROOT/${TASK_LIST[$num_tasks-1]}/gradual_prune/checkpoint.pth.tar"
-  exit 0
-fi
+next_step() {
+  if [ "$1" -lt "${#TASK_LIST[@]}" ]; then echo "then: TARGET_TASK_ID=$(($1 + 1)) bash $SCRIPT"
+  else echo "then: bash experiment2/inference_CPG_imagenet.sh"; fi
+}
 
-task=${TASK_LIST[$TARGET_TASK_ID-1]}
-if [ -f "$ROOT/$task/DONE" ]; then
-  # learned and picked by an `all` run, whose stage copies are gone: nothing to redo
-  echo "=== task $TARGET_TASK_ID ($task) is already learned (DONE); its record:"
-  python tools/pick_pruning_ratio.py --task_folder "$ROOT/$task" --dataset "$task" --baseline_acc_file "$GOALS_FILE"
-  exit 0
-fi
-learn_task "$TARGET_TASK_ID"
-python tools/pick_pruning_ratio.py --task_folder "$ROOT/$task" --dataset "$task" --baseline_acc_file "$GOALS_FILE" \
-  --allow_acc_loss "$ALLOW_ACC_LOSS" --max_allowed_network_width_multiplier "$MAX_WIDTH"
-echo "=== task $TARGET_TASK_ID ($task) learned. Pick its pruning ratio from the table above:"
-echo "  $(pick_command "$ROOT/$task")"
-if [ "$TARGET_TASK_ID" -lt "$num_tasks" ]; then
-  echo "then: TARGET_TASK_ID=$((TARGET_TASK_ID + 1)) bash experiment2/CPG_imagenet.sh"
-else
-  echo "then: bash experiment2/inference_CPG_imagenet.sh"
-fi
+run_sequence "$TARGET_TASK_ID"

@@ -2,13 +2,20 @@
 
 An architecture subclass builds its modules and answers three questions for a raw width
 multiplier m: the (out, in) block of every masked layer, the width of every per-task module, and
-the head's input width. Everything else (adding a task, growing, selecting a task) is generic.
+the head's input width. Everything else (adding a task, growing, selecting a task) is generic,
+and so is most of loading pretrained weights into the first task: modules are named as in the
+original network, so a pretrained state dict maps onto a task key by key (pretrained_targets,
+load_pretrained_tensors, claim_free_entries).
 """
+import os
+
+import torch
 import torch.nn as nn
 
+from .angle import AngleHead
 from .layers import MaskedLayer, PerTask
 
-HEAD_KINDS = ('linear',)  # experiment 3 adds the angular-margin head
+HEAD_KINDS = ('linear', 'angle')  # 'angle': face verification's embedding + AngleLinear (spec §2.5)
 
 
 class MultiTaskNet(nn.Module):
@@ -37,6 +44,8 @@ class MultiTaskNet(nn.Module):
         """A task's classifier; `kind` names it in the task table (HEAD_KINDS)."""
         if kind not in HEAD_KINDS:
             raise ValueError(f'unknown head kind {kind!r}; choose one of {", ".join(HEAD_KINDS)}')
+        if kind == 'angle':
+            return AngleHead(in_features, num_classes, std=self.head_std)
         head = nn.Linear(in_features, num_classes)
         nn.init.normal_(head.weight, 0.0, self.head_std)  # heads N(0, 0.01), bias 0 (spec §2.5)
         nn.init.zeros_(head.bias)
@@ -48,6 +57,10 @@ class MultiTaskNet(nn.Module):
 
     def features(self, x):
         raise NotImplementedError
+
+    def model_kwargs(self):
+        """Constructor kwargs beyond (base_width, multiplier) a checkpoint needs to rebuild the model."""
+        return {}
 
     # ----- generic machinery ---------------------------------------------------------------------
     def masked_layers(self):
@@ -111,3 +124,101 @@ class MultiTaskNet(nn.Module):
 
     def forward(self, x):
         return self.heads[str(self.active_task)](self.features(x))
+
+    def embed(self, x):
+        """The active task's face embedding (N, 512): its angle head's first layer on the features."""
+        head = self.heads[str(self.active_task)]
+        if not isinstance(head, AngleHead):
+            kind = self.tasks[self.active_task - 1].get('head', 'linear')
+            raise ValueError(f'task {self.active_task} ({self.tasks[self.active_task - 1]["name"]}) '
+                             f'has a {kind!r} head; only an angle head gives an embedding')
+        return head.embedding(self.features(x))
+
+    # ----- pretrained weights (first task) -------------------------------------------------------
+    def require_task(self, task):
+        if not 1 <= task <= len(self.tasks):
+            raise ValueError(f'task {task} is not in the model (tasks 1..{len(self.tasks)}); add it first')
+
+    def pretrained_targets(self, task):
+        """({state-dict key: tensor of task `task` receiving it}, optional keys) for the backbone:
+        every masked layer's leading block (`<name>.weight`) and per-task bias (`<name>.bias`), and
+        the task's per-task modules (`<name>.<key>`); refuses when a block holds other tasks' weights."""
+        targets, optional = {}, set()
+        for name, layer in self.masked_layers():
+            out, inp = layer.task_shapes[task]
+            block = layer.owner[:out, :inp]
+            if ((block != 0) & (block != task)).any():
+                # writing here would change an earlier task's weights: it would forget
+                raise ValueError(f'task {task} cannot take pretrained weights: {name} holds weights '
+                                 'of other tasks (load them into the first task)')
+            targets[name + '.weight'] = layer.weight.detach()[:out, :inp]
+            if layer.has_bias:
+                targets[name + '.bias'] = layer.biases[str(task)].detach()
+        for name, module in self.per_task_modules():
+            for key, tensor in module.per_task[str(task)].state_dict().items():
+                targets[f'{name}.{key}'] = tensor   # detached, shares storage with the module's own
+                if key == 'num_batches_tracked':
+                    optional.add(f'{name}.{key}')   # absent from state dicts of very old torch
+        return targets, optional
+
+    @torch.no_grad()
+    def claim_free_entries(self, task):
+        """Free entries (owner 0) of task's leading blocks become the task's, as
+        assign_free_capacity does: they are zeroed when a phase begins, pretrained or not."""
+        for _, layer in self.masked_layers():
+            out, inp = layer.task_shapes[task]
+            block = layer.owner[:out, :inp]
+            block.masked_fill_(block == 0, task)
+            layer._eval_cache = None
+
+
+def _shown(keys):
+    return ', '.join(keys[:3]) + (f' (+{len(keys) - 3} more)' if len(keys) > 3 else '')
+
+
+@torch.no_grad()
+def load_pretrained_tensors(state_dict, targets, source, optional=(), extra=(), validate=None):
+    """Copy state_dict[key] into targets[key] for every key present; returns how many were copied.
+
+    Every check comes before any copy, each a one-line ValueError: missing keys (targets and
+    `extra`, less `optional`), unexpected keys (outside targets and `extra`), then `validate()`
+    (the caller's checks of its `extra` keys, which it copies itself), then every target's shape.
+    `source` names the expected file in messages, e.g. 'a torchvision ResNet-50'.
+    """
+    expected = set(targets) | set(extra)
+    missing = sorted(expected - set(optional) - set(state_dict))
+    unexpected = sorted(set(state_dict) - expected)
+    for what, keys in (('is missing', missing), ('has unexpected', unexpected)):
+        if keys:
+            raise ValueError(f'pretrained state dict {what} key(s) for {source}: {_shown(keys)}')
+    if validate is not None:
+        validate()
+    for key, dst in targets.items():
+        if key in state_dict and tuple(state_dict[key].shape) != tuple(dst.shape):
+            raise ValueError(f'pretrained key {key!r} has shape {tuple(state_dict[key].shape)} '
+                             f'but the model expects {tuple(dst.shape)}')
+    copied = 0
+    for key, dst in targets.items():
+        if key in state_dict:
+            dst.copy_(state_dict[key])
+            copied += 1
+    return copied
+
+
+def read_pretrained_state(path):
+    """State dict in `path`: plain or under 'state_dict'/'model', with any 'module.' prefix stripped."""
+    if not os.path.isfile(path):
+        raise ValueError(f'pretrained weights file {path} does not exist')
+    try:
+        obj = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as err:  # torch.load raises many kinds (pickle, zip, weights_only refusals)
+        first = (str(err).strip().splitlines() or [''])[0]
+        raise ValueError(f'cannot read pretrained weights {path}: {type(err).__name__}: {first}') from err
+    for key in ('state_dict', 'model'):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ValueError(f"pretrained weights {path} hold no state dict of tensors "
+                         "(plain, or under 'state_dict' / 'model')")
+    return {k[len('module.'):] if k.startswith('module.') else k: v for k, v in obj.items()}

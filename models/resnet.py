@@ -6,14 +6,13 @@ the float planes_f = planes * sqrt(m) * base_width: a bottleneck's inner width i
 and its output int(planes_f * 4), so at m = 1.5 layer1 is 78 -> 313, not 4 * 78 = 312.
 """
 import math
-import os
 
 import torch
 import torch.nn as nn
 
 from .dist_norm import BatchNorm2d
 from .layers import MaskedConv2d, PerTask, scaled_width
-from .multitask import MultiTaskNet
+from .multitask import MultiTaskNet, load_pretrained_tensors, read_pretrained_state
 
 BLOCKS = (3, 4, 6, 3)          # Bottleneck blocks per stage (ResNet-50)
 PLANES = (64, 128, 256, 512)   # inner width of each stage at the paper's width
@@ -127,56 +126,26 @@ class ResNetMT(MultiTaskNet):
     @torch.no_grad()
     def load_pretrained(self, state_dict, task):
         """Copy a torchvision ResNet-50 state dict into task `task`: convs, BNs, head if shaped alike."""
-        if not 1 <= task <= len(self.tasks):
-            raise ValueError(f'task {task} is not in the model (tasks 1..{len(self.tasks)}); add it first')
+        self.require_task(task)
         m = self.tasks[task - 1]['multiplier']
         if self.base_width != 1.0 or m != 1.0:
             raise ValueError('pretrained ResNet-50 weights need BASE_WIDTH 1.0 and width multiplier 1.0 '
                              f'for the first task (got BASE_WIDTH {self.base_width}, multiplier {m})')
-        targets, optional = {}, set()   # torchvision key -> tensor of this model that receives it
-        for name, layer in self.masked_layers():
-            out, inp = layer.task_shapes[task]
-            block = layer.owner[:out, :inp]
-            if ((block != 0) & (block != task)).any():
-                # writing here would change an earlier task's weights: it would forget
-                raise ValueError(f'task {task} cannot take pretrained weights: {name} holds weights '
-                                 'of other tasks (load them into the first task)')
-            targets[name + '.weight'] = layer.weight[:out, :inp]
-        for name, module in self.per_task_modules():
-            for key, tensor in module.per_task[str(task)].state_dict().items():
-                targets[f'{name}.{key}'] = tensor   # detached, shares storage with the BN's own
-                if key == 'num_batches_tracked':
-                    optional.add(f'{name}.{key}')   # absent from state dicts of very old torch
-        head = self.heads[str(task)]
-        expected = set(targets) | {'fc.weight', 'fc.bias'}
-        missing = sorted(expected - optional - set(state_dict))
-        unexpected = sorted(set(state_dict) - expected)
-        for what, keys in (('is missing', missing), ('has unexpected', unexpected)):
-            if keys:
-                shown = ', '.join(keys[:3]) + (f' (+{len(keys) - 3} more)' if len(keys) > 3 else '')
-                raise ValueError(f'pretrained state dict {what} key(s) for a torchvision ResNet-50: {shown}')
-        fc_shape = tuple(state_dict['fc.weight'].shape)
+        targets, optional = self.pretrained_targets(task)   # torchvision key -> tensor receiving it
         features = self.head_in_features(m)   # 2048
-        if len(fc_shape) != 2 or fc_shape[1] != features:  # fc's class count may differ
-            raise ValueError(f"pretrained key 'fc.weight' has shape {fc_shape} but the model "
-                             f'expects (classes, {features})')
-        for key, dst in targets.items():   # validate everything before copying anything
-            if key in state_dict and tuple(state_dict[key].shape) != tuple(dst.shape):
-                raise ValueError(f'pretrained key {key!r} has shape {tuple(state_dict[key].shape)} '
-                                 f'but the model expects {tuple(dst.shape)}')
-        copied = 0
-        for key, dst in targets.items():
-            if key in state_dict:
-                dst.copy_(state_dict[key])
-                copied += 1
-        for name, layer in self.masked_layers():
-            out, inp = layer.task_shapes[task]
-            # free entries are zeroed when a phase begins: hand them to the task, as assign_free_capacity does
-            block = layer.owner[:out, :inp]
-            block.masked_fill_(block == 0, task)
-            layer._eval_cache = None
+
+        def check_fc():
+            fc_shape = tuple(state_dict['fc.weight'].shape)
+            if len(fc_shape) != 2 or fc_shape[1] != features:  # fc's class count may differ
+                raise ValueError(f"pretrained key 'fc.weight' has shape {fc_shape} but the model "
+                                 f'expects (classes, {features})')
+
+        copied = load_pretrained_tensors(state_dict, targets, 'a torchvision ResNet-50', optional,
+                                         extra=('fc.weight', 'fc.bias'), validate=check_fc)
+        self.claim_free_entries(task)
+        head = self.heads[str(task)]
         head_from_fc = (isinstance(head, nn.Linear) and head.bias is not None   # not other head kinds
-                        and tuple(head.weight.shape) == fc_shape
+                        and tuple(head.weight.shape) == tuple(state_dict['fc.weight'].shape)
                         and tuple(head.bias.shape) == tuple(state_dict['fc.bias'].shape))
         if head_from_fc:   # e.g. the task has ImageNet's 1000 classes; otherwise the fresh head stays
             head.weight.copy_(state_dict['fc.weight'])
@@ -185,23 +154,7 @@ class ResNetMT(MultiTaskNet):
         return {'copied': copied, 'head_from_fc': head_from_fc}
 
 
-def read_torchvision_state(path):
-    """State dict in `path`: plain or under 'state_dict'/'model', with any 'module.' prefix stripped."""
-    if not os.path.isfile(path):
-        raise ValueError(f'pretrained weights file {path} does not exist')
-    try:
-        obj = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as err:  # torch.load raises many kinds (pickle, zip, weights_only refusals)
-        first = (str(err).strip().splitlines() or [''])[0]
-        raise ValueError(f'cannot read pretrained weights {path}: {type(err).__name__}: {first}') from err
-    for key in ('state_dict', 'model'):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-            break
-    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"pretrained weights {path} hold no state dict of tensors "
-                         "(plain, or under 'state_dict' / 'model')")
-    return {k[len('module.'):] if k.startswith('module.') else k: v for k, v in obj.items()}
+read_torchvision_state = read_pretrained_state   # the name experiment 2's code and tests import
 
 
 def resnet50(base_width=1.0, multiplier=1.0):

@@ -101,6 +101,72 @@ def test_experiment1_layout_and_image_sizes(tmp_path, capsys):
     assert status == 1 and f'aquatic_mammals: no folder {root / "train" / "aquatic_mammals"}' in out.err
 
 
+FACE_TASKS = ['face_verification', 'gender']
+
+
+def _faces(out, **flags):
+    """face_verification (3 identities, LFW 4 people x 2, 12 + 2 missing pairs) and gender."""
+    argv = ['--out', str(out), '--layout', 'face', '--task_names', *FACE_TASKS, '--classes', '2',
+            '--train', '2', '--test', '1', '--size', '16', '--identities', '3', '--lfw_people', '4',
+            '--lfw_images', '2', '--pairs', '12', '--missing_pairs', '2']
+    for key, value in flags.items():
+        argv += [f'--{key}', str(value)]
+    assert toy.main(toy.get_args_parser().parse_args(argv)) == 0
+    return out
+
+
+def test_experiment3_layout_and_pairs(tmp_path, capsys):
+    root = _faces(tmp_path / 'faces')
+    pairs = root / 'lfw_pairs.txt'
+    status, out = _run(capsys, '--experiment', '3', '--data_root', str(root), '--tasks', *FACE_TASKS,
+                       '--pairs_file', str(pairs))
+    assert status == 0 and out.err == ''
+    rows = [line.split() for line in out.out.splitlines()[1:5]]
+    assert [r[:4] for r in rows] == [['face_verification', 'train', '3', '6'],
+                                     ['face_verification', 'test', '4', '8'],
+                                     ['gender', 'train', '2', '4'], ['gender', 'test', '2', '2']]
+    lfw = root / 'face_verification' / 'val'
+    assert f'{lfw}  [LFW: people, not classes]' in out.out  # people are not training identities
+    assert str(root / 'gender' / 'val') in out.out and '[the paper has 3 classes]' in out.out
+    assert (f'pairs: {pairs}: 12 resolve to images under {lfw} (6 same person, 6 different), '
+            '2 skipped for missing images') in out.out
+    assert out.out.splitlines()[-1].startswith('check_data: OK: 2 task(s), 20 images decoded')
+    # the train split alone: gender's val folder may be missing, the LFW tree may not
+    shutil.rmtree(root / 'gender' / 'val')
+    status, out = _run(capsys, '--experiment', '3', '--data_root', str(root), '--tasks', *FACE_TASKS,
+                       '--pairs_file', str(pairs), '--splits', 'train')
+    assert status == 0, out.err
+    shutil.rmtree(lfw)
+    status, out = _run(capsys, '--experiment', '3', '--data_root', str(root), '--tasks', *FACE_TASKS,
+                       '--pairs_file', str(pairs), '--splits', 'train')
+    assert status == 1 and f'face_verification: no folder {lfw};' in out.err
+    assert 'resolve' not in out.err  # the missing folder is the one problem, not its pairs
+
+
+def test_experiment3_problems(tmp_path, capsys):
+    root = _faces(tmp_path / 'faces')
+    os.rename(root / 'gender' / 'val' / 'class_1', root / 'gender' / 'val' / 'class_7')
+    status, out = _run(capsys, '--experiment', '3', '--data_root', str(root), '--tasks', *FACE_TASKS,
+                       '--pairs_file', str(tmp_path / 'none.txt'))
+    line = out.err.strip()
+    assert status == 1 and '\n' not in line and line.startswith('error: check_data: ')
+    assert f'face_verification: no pairs file {tmp_path / "none.txt"}' in line
+    assert 'gender: class folders differ between train (2) and test (2)' in line
+    assert 'Data preparation (experiment 3)' in line and '--pairs_file' in line
+    few = tmp_path / 'few.txt'
+    few.write_text('10 1\n' + 'person_000 1 2\n' * 3 + 'person_000 1 5\n')
+    status, out = _run(capsys, '--experiment', '3', '--data_root', str(root), '--tasks',
+                       'face_verification', '--pairs_file', str(few))
+    assert status == 1 and 'face_verification: 3 pair(s) of' in out.err and '(1 skipped' in out.err
+    few.write_text('10 1\nperson_000 1\n')
+    status, out = _run(capsys, '--experiment', '3', '--data_root', str(root), '--tasks',
+                       'face_verification', '--pairs_file', str(few))
+    assert status == 1 and f'{few}, line 2: 2 fields' in out.err and len(out.err.splitlines()) == 1
+    # default tasks: the paper's eight (face_verification gender emotion age0..age4)
+    status, out = _run(capsys, '--experiment', '3', '--data_root', str(root), '--pairs_file', str(few))
+    assert status == 1 and f'age4: no folder {root / "age4" / "train"}' in out.err
+
+
 @pytest.mark.slow  # starts processes
 def test_cli_with_a_process_pool(tmp_path):
     root = _toy(tmp_path / 'fg')
@@ -116,7 +182,7 @@ def test_cli_with_a_process_pool(tmp_path):
                            '--data_root', str(root), '--tasks', *TASKS, '--workers', '2'],
                           capture_output=True, text=True, cwd=REPO, env=subprocess_env(), timeout=120)
     assert proc.returncode == 0 and proc.stderr == '' and 'check_data: OK: 3 task(s), 44 images' in proc.stdout
-    bad_flag = subprocess.run([sys.executable, os.path.join(REPO, 'tools', 'check_data.py'), '--experiment', '3',
+    bad_flag = subprocess.run([sys.executable, os.path.join(REPO, 'tools', 'check_data.py'), '--experiment', '4',
                                '--data_root', str(root)], capture_output=True, text=True, cwd=REPO,
                               env=subprocess_env(), timeout=120)
     assert bad_flag.returncode == 1 and bad_flag.stderr.startswith('error: check_data: ')

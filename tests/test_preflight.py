@@ -226,6 +226,85 @@ def test_cifar_splits_train_does_not_need_the_test_split(data, capsys):
     assert capsys.readouterr().out.startswith('preflight: 3 tasks OK (')
 
 
+# ----- experiment 3's layout: the verification task always needs LFW and its pairs -----------------------
+@pytest.fixture()
+def faces(tmp_path):
+    """face_verification (3 identities, LFW 4 people x 2, 12 + 1 missing pairs), gender, emotion."""
+    root = tmp_path / 'faces'
+    args = toy.get_args_parser().parse_args(
+        ['--out', str(root), '--layout', 'face', '--task_names', *FACE_TASKS, '--classes', '2',
+         '--train', '1', '--test', '1', '--size', '16', '--identities', '3', '--lfw_people', '4',
+         '--lfw_images', '2', '--pairs', '12', '--missing_pairs', '1'])
+    assert toy.main(args) == 0
+    return root
+
+
+FACE_TASKS = ['face_verification', 'gender', 'emotion']
+
+
+def test_face_layout(faces):
+    root, pairs = faces, str(faces / 'lfw_pairs.txt')
+    assert preflight.check_tasks(str(root), FACE_TASKS, None, layout='face', pairs_file=pairs) == []
+    # with VAL_FRACTION > 0 the classification tasks need no val folder, the verification task
+    # still needs LFW and its pairs (it always selects on LFW)
+    shutil.rmtree(root / 'gender' / 'val')
+    assert preflight.check_tasks(str(root), FACE_TASKS, None, splits=('train',), layout='face',
+                                 pairs_file=pairs) == []
+    lfw = root / 'face_verification' / 'val'
+    shutil.rmtree(lfw)
+    shutil.rmtree(root / 'emotion' / 'train' / 'class_1')
+    missing = str(root / 'none.txt')
+    assert preflight.check_tasks(str(root), FACE_TASKS, {'face_verification': 4630}, splits=('train',),
+                                 layout='face', pairs_file=missing) == [
+        f'face_verification: 3 classes in {root / "face_verification" / "train"}, NUM_CLASSES is 4630',
+        f'face_verification: no LFW folder {lfw} (<person>/<person>_<NNNN>.jpg)',
+        f'face_verification: no pairs file {missing} (the LFW pairs list, --pairs_file / PAIRS_FILE)',
+    ]
+    problems = preflight.check_tasks(str(root), FACE_TASKS, None, layout='face', pairs_file=pairs)
+    assert problems == [f'face_verification: no LFW folder {lfw} (<person>/<person>_<NNNN>.jpg)',
+                        f'gender: no folder {root / "gender" / "val"}',
+                        f'emotion: class folders differ between splits (class_1 only in '
+                        f'{root / "emotion" / "val"})']
+
+
+def test_face_pairs_must_resolve(faces, tmp_path):
+    root = faces
+    few = tmp_path / 'few.txt'
+    few.write_text('10 1\n' + 'person_000\t1\t2\n' * 9 + 'person_000\t1\t3\n')
+    assert preflight.check_tasks(str(root), ['face_verification'], None, layout='face', pairs_file=str(few)) == [
+        f'face_verification: 9 pair(s) of {few} resolve to images under '
+        f'{root / "face_verification" / "val"} (1 skipped for missing images); the 10-fold protocol '
+        f'needs at least 10']
+    few.write_text('10 1\nperson_000 1 2 3 4 5\n')
+    problems = preflight.check_tasks(str(root), ['face_verification'], None, layout='face',
+                                     pairs_file=str(few))
+    assert len(problems) == 1 and f'{few}, line 2: 6 fields' in problems[0]
+    # a task named otherwise is the verification task when told so
+    os.rename(root / 'face_verification', root / 'faces')
+    assert preflight.check_tasks(str(root), ['faces'], None, layout='face', pairs_file=str(root / 'lfw_pairs.txt'),
+                                 verification_task='faces') == []
+
+
+def test_face_cli_in_process(faces, capsys):
+    root = faces
+    parser = preflight.get_args_parser()
+
+    def run(*argv):
+        args = parser.parse_args(['--data_root', str(root), '--layout', 'face', '--tasks', *FACE_TASKS, *argv])
+        preflight.check_args(parser, args)
+        return preflight.main(args), capsys.readouterr()
+
+    status, out = run('--pairs_file', str(root / 'lfw_pairs.txt'))
+    assert status == 0 and out.err == ''
+    assert 'classes face_verification 3, gender 2, emotion 2' in out.out
+    assert f'face_verification: 12 LFW pairs in {root / "lfw_pairs.txt"} (1 skipped for missing images)' in out.out
+    status, out = run('--pairs_file', str(root / 'none.txt'))  # the default face_data/... is absent too
+    lines = out.err.splitlines()
+    assert status == 1 and len(lines) == 1 and lines[0].startswith('error: preflight: ')
+    assert f'no pairs file {root / "none.txt"}' in lines[0]
+    assert 'README "Data preparation (experiment 3)"' in lines[0] and 'PAIRS_FILE' in lines[0]
+
+
 # ----- the command line -----------------------------------------------------------------------------
 def _cli(*argv):
     return subprocess.run([sys.executable, os.path.join(REPO, 'tools', 'preflight.py'), *argv],

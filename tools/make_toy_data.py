@@ -1,4 +1,4 @@
-"""Generate small, deterministic, learnable toy tasks in the CIFAR or the fine-grained layout.
+"""Generate small, deterministic, learnable toy tasks in the CIFAR, fine-grained or face layout.
 
 --layout cifar (default, experiment 1):
     <out>/{train,test}/<task>/<class>/<i>.png (i zero-padded to 5 digits), --size x --size.
@@ -6,6 +6,13 @@
     <out>/<task>/{train,test}/<class>/<i>.jpg ('imagenet' gets {train,val}), JPEG images of
     varying, non-square sizes: each side drawn between 0.75x and 1.5x --size, so that the
     resize / crop paths of the experiment-2 transforms are exercised.
+--layout face (experiment 3; default tasks face_verification gender emotion age0..age4):
+    <out>/<task>/{train,val}/<class>/<i>.jpg, --size x --size JPEG "aligned faces"; the
+    verification task (--verification_task) gets --identities training identities,
+    <out>/<task>/val as an LFW tree of --lfw_people OTHER people,
+    <person>/<person>_<NNNN>.jpg, and a pairs file (--pairs_out, default <out>/lfw_pairs.txt)
+    with a header line, --pairs pairs alternating same-person and different-people lines, then
+    --missing_pairs lines naming images that do not exist (tools/toy_faces.py).
 
 Each (task, class) has its own prototype (task-specific background tint and stripes plus a few
 class-specific coloured blobs); every image is the prototype shifted by up to +-2 px plus
@@ -22,8 +29,12 @@ import time
 import numpy as np
 from PIL import Image
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # tools/: toy_faces
+import toy_faces  # noqa: E402
+
 SPLITS = ('train', 'test')
-LAYOUTS = ('cifar', 'finegrained')
+LAYOUTS = ('cifar', 'finegrained', 'face')
+FACE_TASKS = ('face_verification', 'gender', 'emotion', 'age0', 'age1', 'age2', 'age3', 'age4')
 SIZE_RANGE = (0.75, 1.5)  # fine-grained: each side between these multiples of --size
 JPEG_QUALITY = 90
 SHIFT = 2  # maximal shift in pixels, each direction
@@ -37,10 +48,14 @@ def get_args_parser():
     parser.add_argument('--layout', choices=LAYOUTS, default='cifar',
                         help='cifar: <out>/<split>/<task>/<class>/*.png (experiment 1); finegrained: '
                              '<out>/<task>/<split>/<class>/*.jpg of varying sizes (experiment 2; '
-                             '"imagenet" gets train/val)')
-    parser.add_argument('--tasks', type=int, default=3, help='number of tasks toy_task_1..N')
+                             '"imagenet" gets train/val); face: <out>/<task>/{train,val}/<class>/*.jpg, '
+                             'the verification task with identities, an LFW tree and a pairs file '
+                             '(experiment 3)')
+    parser.add_argument('--tasks', type=int, default=3,
+                        help='number of tasks toy_task_1..N (cifar and finegrained layouts)')
     parser.add_argument('--task_names', nargs='+', default=None,
-                        help='explicit task names (overrides --tasks)')
+                        help='explicit task names (overrides --tasks; face layout default: '
+                             + ' '.join(FACE_TASKS) + ')')
     parser.add_argument('--classes', type=int, default=5, help='classes per task')
     parser.add_argument('--train', type=int, default=100, help='train images per class')
     parser.add_argument('--test', type=int, default=40, help='test images per class')
@@ -48,6 +63,20 @@ def get_args_parser():
     parser.add_argument('--seed', type=int, default=0, help='random seed')
     parser.add_argument('--noise', type=float, default=0.35,
                         help='std of the Gaussian pixel noise, in [0, 1] pixel units (difficulty)')
+    # Face verification (--layout face)
+    parser.add_argument('--verification_task', default='face_verification',
+                        help='the task written as identities + LFW tree + pairs file')
+    parser.add_argument('--identities', type=int, default=20,
+                        help='training identities of the verification task (--train images each)')
+    parser.add_argument('--lfw_people', type=int, default=12,
+                        help='people of the LFW tree (none of them a training identity)')
+    parser.add_argument('--lfw_images', type=int, default=4, help='images per LFW person')
+    parser.add_argument('--pairs', type=int, default=120,
+                        help='pairs in the pairs file, half same-person (10 folds of 12 by default)')
+    parser.add_argument('--missing_pairs', type=int, default=0,
+                        help='extra pairs naming images that do not exist (skipped by the readers)')
+    parser.add_argument('--pairs_out', default=None,
+                        help='where the pairs file goes (default: <out>/lfw_pairs.txt)')
     return parser
 
 
@@ -62,6 +91,10 @@ def _check_args(parser, args):
         parser.error(f'--noise must be >= 0, got {args.noise}')
     if args.seed < 0:
         parser.error(f'--seed must be >= 0, got {args.seed}')
+    for name, least in (('identities', 1), ('lfw_people', 2), ('lfw_images', 2), ('pairs', 1),
+                        ('missing_pairs', 0)):
+        if getattr(args, name) < least:
+            parser.error(f'--{name} must be at least {least}, got {getattr(args, name)}')
     names = args.task_names
     if names is not None and (len(set(names)) != len(names)
                               or any(not n or '/' in n or n in ('.', '..') for n in names)):
@@ -115,13 +148,14 @@ def write_task(out, task, task_index, args):
     """Rewrite both splits of one task from scratch; returns the number of images written."""
     prototypes = task_prototypes(args.seed, task_index, args.classes, args.size)
     finegrained = args.layout == 'finegrained'
-    if finegrained and os.path.isdir(os.path.join(out, task)):
+    task_first = args.layout in ('finegrained', 'face')
+    if task_first and os.path.isdir(os.path.join(out, task)):
         shutil.rmtree(os.path.join(out, task))  # also a stale val/ or test/ of another name
     written = 0
     for split_index, split in enumerate(SPLITS):
-        if finegrained:
-            folder = 'val' if task == 'imagenet' and split == 'test' else split
-            task_dir = os.path.join(out, task, folder)
+        if task_first:
+            val = split == 'test' and (args.layout == 'face' or task == 'imagenet')
+            task_dir = os.path.join(out, task, 'val' if val else split)
         else:
             task_dir = os.path.join(out, split, task)
         # Delete-and-rewrite: stale files from a run with other flags must not survive.
@@ -136,28 +170,53 @@ def write_task(out, task, task_index, args):
                 if finegrained:
                     _varied_size(image, rng, args.size).save(
                         os.path.join(class_dir, f'{i:05d}.jpg'), format='JPEG', quality=JPEG_QUALITY)
+                elif task_first:  # face: aligned, --size x --size
+                    Image.fromarray(image).save(os.path.join(class_dir, f'{i:05d}.jpg'),
+                                                format='JPEG', quality=JPEG_QUALITY)
                 else:
                     Image.fromarray(image).save(os.path.join(class_dir, f'{i:05d}.png'), format='PNG')
             written += count
     return written
 
 
+def write_any_task(out, task, task_index, args):
+    """One task of any layout: the face layout's verification task has its own (toy_faces)."""
+    if args.layout == 'face' and task == args.verification_task:
+        return toy_faces.write_verification_task(out, task, task_index, args, class_images, SHIFT)
+    return write_task(out, task, task_index, args)
+
+
+def pairs_path(args):
+    """Where the face layout's pairs file goes."""
+    return args.pairs_out or os.path.join(args.out, 'lfw_pairs.txt')
+
+
 def main(args):
     """Generate all tasks; returns the process exit status."""
-    names = args.task_names or [f'toy_task_{k}' for k in range(1, args.tasks + 1)]
+    default_names = (FACE_TASKS if args.layout == 'face' else
+                     [f'toy_task_{k}' for k in range(1, args.tasks + 1)])
+    names = args.task_names or list(default_names)
     start = time.time()
+    pairs_note = ''
     try:
-        total = sum(write_task(args.out, name, index, args) for index, name in enumerate(names))
+        total = sum(write_any_task(args.out, name, index, args) for index, name in enumerate(names))
+        if args.layout == 'face' and args.verification_task in names:
+            index = names.index(args.verification_task)
+            lines = toy_faces.write_pairs(pairs_path(args), args.seed, index, args)
+            pairs_note = (f'; {args.verification_task}: {args.identities} identities x {args.train}, '
+                          f'LFW {args.lfw_people} people x {args.lfw_images}, {lines} pairs '
+                          f'({args.missing_pairs} missing) in {pairs_path(args)}')
     except OSError as exc:
         message = ' '.join(str(exc).split())
         print(f'error: cannot write under {args.out} ({message}); choose a writable --out',
               file=sys.stderr)
         return 1
-    size = (f'{args.size}px' if args.layout == 'cifar' else
-            f'JPEG, sides {int(round(SIZE_RANGE[0] * args.size))}-{int(round(SIZE_RANGE[1] * args.size))}px')
+    size = {'cifar': f'{args.size}px', 'face': f'JPEG, {args.size}px',
+            'finegrained': f'JPEG, sides {int(round(SIZE_RANGE[0] * args.size))}-'
+                           f'{int(round(SIZE_RANGE[1] * args.size))}px'}[args.layout]
     print(f'{args.out}: {len(names)} tasks x {args.classes} classes, {args.train} train + '
           f'{args.test} test images per class ({total} images, {args.layout} layout, {size}, '
-          f'noise {args.noise}) in {time.time() - start:.1f}s')
+          f'noise {args.noise}{pairs_note}) in {time.time() - start:.1f}s')
     return 0
 
 

@@ -4,11 +4,16 @@ Usage (the experiment scripts, right after sourcing experiment1/common.sh):
   python tools/preflight.py --data_root "$DATA_ROOT" --num_classes "$NUM_CLASSES" \
       --tasks "${TASK_LIST[@]}" [--goals_file "$GOALS_FILE"]
   python tools/preflight.py --layout finegrained --data_root "$DATA_ROOT" --tasks ...  # experiment 2
+  python tools/preflight.py --layout face --data_root "$DATA_ROOT" --pairs_file "$PAIRS_FILE" \
+      --tasks ...  # experiment 3
 With VAL_FRACTION > 0 the selections never read the test split: pass --splits train.
 
 Layouts: cifar <data_root>/<split>/<task>/<class>/ (--num_classes required); finegrained
 <data_root>/<task>/<split>/<class>/ with imagenet's test split in val/ (--num_classes optional:
-class counts come from the folders, and are printed).
+class counts come from the folders, and are printed); face <data_root>/<task>/{train,val}/<class>/
+(val: the test split), where the verification task (--verification_task) needs its train identities,
+its LFW tree <data_root>/<task>/val/<person>/ and at least 10 pairs of --pairs_file whose images
+exist, whatever --splits (it always selects on LFW).
 
 All tasks are checked, then: one stdout line "preflight: N tasks OK (...)" and exit 0, or ONE
 stderr line "error: preflight: <problem>; <problem>; ...; to fix: ..." and exit 1. Nothing is
@@ -21,16 +26,22 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from utils.face_dataset import DEFAULT_PAIRS_FILE, VERIFICATION_TASK, lfw_root  # noqa: E402
+from utils.face_dataset import split_dir as face_split_dir  # noqa: E402
 from utils.finegrained_dataset import split_dir as finegrained_split_dir  # noqa: E402
 from utils.errors import CPGError  # noqa: E402
 from utils.folder_tasks import class_folders, has_image  # noqa: E402
 from utils.records import read_goals  # noqa: E402
+from utils.verification import pairs_problems  # noqa: E402
 
 DATA_HINT = ('set DATA_ROOT, TASKS and NUM_CLASSES to match the data, or prepare it '
              '(tools/cifar100_to_png.py, README "Data preparation")')
 FINEGRAINED_DATA_HINT = ('set DATA_ROOT and TASKS to match the data, or prepare it (README "Data '
                          'preparation (experiment 2)"; tools/check_data.py --experiment 2)')
-LAYOUTS = ('cifar', 'finegrained')
+FACE_DATA_HINT = ('set DATA_ROOT, TASKS and PAIRS_FILE to match the data, or prepare it (README '
+                  '"Data preparation (experiment 3)"; tools/check_data.py --experiment 3)')
+LAYOUTS = ('cifar', 'finegrained', 'face')
+TASK_FIRST = ('finegrained', 'face')  # layouts <data_root>/<task>/<split>/
 GOAL_HINT = ('write the missing goals with experiment1/baseline_cifar100.sh '
              '(or by hand: JSON {"<task>": "0.xxxx"})')
 
@@ -50,7 +61,8 @@ def get_args_parser():
                         help='dataset root holding <split>/<task>/<class>/<image> (cifar layout) or '
                              '<task>/<split>/<class>/<image> (finegrained)')
     parser.add_argument('--layout', choices=LAYOUTS, default='cifar',
-                        help='cifar (experiment 1) or finegrained (experiment 2; imagenet: val/ is its test split)')
+                        help='cifar (experiment 1), finegrained (experiment 2; imagenet: val/ is its test '
+                             'split) or face (experiment 3; val/ is the test split, LFW pairs)')
     parser.add_argument('--tasks', nargs='*', required=True, help='task folder names, in order')
     parser.add_argument('--num_classes', type=int, nargs='+', default=None,
                         help='classes per task: one value for every task, or one per task '
@@ -58,6 +70,11 @@ def get_args_parser():
     parser.add_argument('--splits', nargs='+', default=['train', 'test'], choices=['train', 'test'],
                         help='splits every task must have; "train" alone when VAL_FRACTION > 0 '
                              '(selection on held-out train images: the test split is not needed)')
+    # Face verification (--layout face)
+    parser.add_argument('--pairs_file', default=DEFAULT_PAIRS_FILE,
+                        help='face layout: the LFW pairs list of the verification task')
+    parser.add_argument('--verification_task', default=VERIFICATION_TASK,
+                        help='face layout: the task whose val folder is the LFW tree')
     # Goals
     parser.add_argument('--goals_file', default=None,
                         help='accuracy-goal JSON; when given, every task needs a goal there')
@@ -96,6 +113,8 @@ def task_split_dir(data_root, task, split, layout='cifar'):
     """The folder holding the class folders of `task`'s `split` in `layout`."""
     if layout == 'finegrained':
         return finegrained_split_dir(data_root, task, split)
+    if layout == 'face':
+        return face_split_dir(data_root, task, split)
     return os.path.join(data_root, split, task)
 
 
@@ -121,11 +140,31 @@ def _task_problems(data_root, task, expected, splits, layout='cifar', found_clas
     return problems
 
 
+def verification_problems(data_root, task, expected, pairs_file, found_classes=None,
+                          found_pairs=None):
+    """The verification task (face layout): its train identities, its LFW tree and at least 10
+    resolving pairs, whatever the splits (it always selects on LFW). `found_classes` receives its
+    number of identities, `found_pairs` (dicts) 'pairs' and 'skipped'."""
+    problems, classes = _split_problems(task, task_split_dir(data_root, task, 'train', 'face'), expected)
+    if classes is not None and found_classes is not None:
+        found_classes.setdefault(task, len(classes))
+    lfw = lfw_root(data_root, task)
+    if not os.path.isdir(lfw):
+        problems.append(f'{task}: no LFW folder {lfw} (<person>/<person>_<NNNN>.jpg)')
+    pairs, skipped, pair_problems = pairs_problems(pairs_file, lfw, task)
+    if os.path.isdir(lfw) or not os.path.isfile(pairs_file):
+        problems += pair_problems
+    if found_pairs is not None:
+        found_pairs.update(pairs=len(pairs), skipped=skipped)
+    return problems
+
+
 def data_problems(data_root, tasks, num_classes, splits=('train', 'test'), layout='cifar',
-                  found_classes=None):
+                  found_classes=None, pairs_file=DEFAULT_PAIRS_FILE,
+                  verification_task=VERIFICATION_TASK, found_pairs=None):
     """Every problem of the tasks' folders under `<data_root>/<split>/<task>/<class>/` (cifar)
-    or `<data_root>/<task>/<split>/<class>/` (finegrained). `found_classes`, a dict, receives
-    each task's number of class folders."""
+    or `<data_root>/<task>/<split>/<class>/` (finegrained, face). `found_classes`, a dict,
+    receives each task's number of class folders; `found_pairs` the face layout's pair counts."""
     problems = []
     if not tasks:
         problems.append('no tasks given (TASKS is empty)')
@@ -134,7 +173,7 @@ def data_problems(data_root, tasks, num_classes, splits=('train', 'test'), layou
     present = []
     for split in splits:
         split_dir = os.path.join(data_root, split)
-        if layout == 'finegrained' or os.path.isdir(split_dir):
+        if layout in TASK_FIRST or os.path.isdir(split_dir):
             present.append(split)
         else:
             problems.append(f'no folder {split_dir}')  # once, not once per task
@@ -144,8 +183,12 @@ def data_problems(data_root, tasks, num_classes, splits=('train', 'test'), layou
     for task, count in counts.items():
         if count > 1:
             problems.append(f'{task}: listed {count} times in TASKS')
-        problems += _task_problems(data_root, task, _expected_classes(num_classes, task), present,
-                                   layout, found_classes)
+        expected = _expected_classes(num_classes, task)
+        if layout == 'face' and task == verification_task:
+            problems += verification_problems(data_root, task, expected, pairs_file, found_classes,
+                                              found_pairs)
+            continue
+        problems += _task_problems(data_root, task, expected, present, layout, found_classes)
     return problems
 
 
@@ -163,13 +206,15 @@ def goal_problems(goals_file, tasks):
 
 
 def check_tasks(data_root, tasks, num_classes, goals_file=None, splits=('train', 'test'),
-                layout='cifar'):
+                layout='cifar', pairs_file=DEFAULT_PAIRS_FILE, verification_task=VERIFICATION_TASK):
     """Every problem of `tasks`, one string each (empty: all is well).
 
     num_classes: an int for every task, a {task: int} mapping, or None (no count check).
     goals_file: when given, every task needs a goal in it.
+    pairs_file, verification_task: the face layout's LFW pairs and the task they belong to.
     """
-    problems = data_problems(data_root, tasks, num_classes, splits, layout)
+    problems = data_problems(data_root, tasks, num_classes, splits, layout,
+                             pairs_file=pairs_file, verification_task=verification_task)
     if goals_file is not None:
         problems += goal_problems(goals_file, tasks)
     return problems
@@ -177,10 +222,12 @@ def check_tasks(data_root, tasks, num_classes, goals_file=None, splits=('train',
 
 def error_line(data, goals, layout='cifar'):
     """The one stderr line: every problem, then what to do."""
-    data_hint = FINEGRAINED_DATA_HINT if layout == 'finegrained' else DATA_HINT
+    data_hint = {'finegrained': FINEGRAINED_DATA_HINT, 'face': FACE_DATA_HINT}.get(layout, DATA_HINT)
+    baseline = {'finegrained': 'experiment2/baseline_imagenet.sh',
+                'face': 'experiment3/baseline_face.sh'}.get(layout)
     goal_hint = GOAL_HINT
-    if layout == 'finegrained':
-        goal_hint = goal_hint.replace('experiment1/baseline_cifar100.sh', 'experiment2/baseline_imagenet.sh')
+    if baseline:
+        goal_hint = goal_hint.replace('experiment1/baseline_cifar100.sh', baseline)
     hints = [hint for hint, needed in ((data_hint, data), (goal_hint, goals)) if needed]
     line = f'error: preflight: {"; ".join(data + goals)}; to fix: {", and ".join(hints)}; nothing was trained'
     return line.replace('\n', ' ')
@@ -205,8 +252,9 @@ def main(args):
         num_classes = args.num_classes[0]
         if len(args.num_classes) > 1:
             num_classes = dict(zip(args.tasks, args.num_classes))
-    found = {}
-    data = data_problems(args.data_root, args.tasks, num_classes, tuple(args.splits), args.layout, found)
+    found, pairs = {}, {}
+    data = data_problems(args.data_root, args.tasks, num_classes, tuple(args.splits), args.layout, found,
+                         args.pairs_file, args.verification_task, pairs)
     goals = goal_problems(args.goals_file, args.tasks) if args.goals_file is not None else []
     if data or goals:
         sys.stderr.write(error_line(data, goals, args.layout) + '\n')
@@ -217,10 +265,13 @@ def main(args):
         classes = f'{num_classes} classes each'
     else:
         classes = 'class counts as given'
-    goal_note = f', goals in {args.goals_file}' if args.goals_file is not None else ''
+    notes = f', goals in {args.goals_file}' if args.goals_file is not None else ''
+    if pairs:
+        notes += (f', {args.verification_task}: {pairs["pairs"]} LFW pairs in {args.pairs_file} '
+                  f'({pairs["skipped"]} skipped for missing images)')
     count = len(args.tasks)
     print(f'preflight: {count} task{"s" if count != 1 else ""} OK ({args.data_root}: '
-          f'{"/".join(args.splits)}, {classes}{goal_note})')
+          f'{"/".join(args.splits)}, {classes}{notes})')
     return 0
 
 

@@ -7,12 +7,13 @@
 cpg() {
   local launcher=(python)
   if [ "$NPROC" -gt 1 ]; then launcher=(torchrun --standalone --nproc_per_node="$NPROC"); fi
-  local workers=()
-  if [ -n "${WORKERS:-}" ]; then workers=(--workers "$WORKERS"); fi
+  local optional=()   # empty knobs keep the entry script's default (experiment 3: batch per task)
+  if [ -n "${WORKERS:-}" ]; then optional+=(--workers "$WORKERS"); fi
+  if [ -n "${BATCH_SIZE:-}" ]; then optional+=(--batch_size "$BATCH_SIZE"); fi
   "${launcher[@]}" "$MAIN" --arch "$ARCH" --data_root "$DATA_ROOT" --device "$DEVICE" \
-    --batch_size "$BATCH_SIZE" --val_batch_size "$VAL_BATCH_SIZE" --base_width "$BASE_WIDTH" \
+    --val_batch_size "$VAL_BATCH_SIZE" --base_width "$BASE_WIDTH" \
     --seed "$SEED" --val_fraction "$VAL_FRACTION" --resume_every_minutes "$RESUME_EVERY_MINUTES" \
-    "${workers[@]}" ${DATA_FLAGS[@]+"${DATA_FLAGS[@]}"} "$@"
+    ${optional[@]+"${optional[@]}"} ${DATA_FLAGS[@]+"${DATA_FLAGS[@]}"} "$@"
 }
 
 # run_stage SAVE_FOLDER ARGS...: one stage of $MAIN; sets $stage_status.
@@ -35,12 +36,14 @@ run_stage() {
   fi
 }
 
-# preflight [ARGS...]: every task's folders and classes (and goals) before hours of training.
+# preflight [ARGS...]: every task's folders and classes (and goals) before hours of training:
+# those of TASK_LIST, or of PREFLIGHT_TASKS when set (experiment 3: every age fold too).
 # With VAL_FRACTION > 0 the test split is not needed until inference.
 preflight() {
-  local splits=()
+  local splits=() tasks=("${TASK_LIST[@]}")
+  if [ -n "${PREFLIGHT_TASKS+x}" ]; then tasks=("${PREFLIGHT_TASKS[@]}"); fi
   if awk -v f="$VAL_FRACTION" 'BEGIN { exit !(f > 0) }'; then splits=(--splits train); fi
-  python tools/preflight.py --data_root "$DATA_ROOT" --tasks "${TASK_LIST[@]}" "${splits[@]}" \
+  python tools/preflight.py --data_root "$DATA_ROOT" --tasks "${tasks[@]}" "${splits[@]}" \
     ${PREFLIGHT_FLAGS[@]+"${PREFLIGHT_FLAGS[@]}"} "$@"
 }
 
@@ -129,4 +132,91 @@ baseline_stage() {
   run_stage "$folder" --mode finetune --dataset "$task" --save_goal_file "$goals" \
     --log_path "$folder/train.log" "$@"
   [ "$stage_status" -eq 0 ] || fail "baseline of $task" "$stage_status" "$folder/train.log"
+}
+
+# ----- the one-task-per-run workflow of experiments 2 and 3 (spec §8.1, §9.1) -------------------
+# The experiment script sets ROOT, TASK_LIST, GOALS_FILE, MAX_WIDTH, ALLOW_ACC_LOSS, START_WIDTH
+# and SCRIPT (how a user runs it, for the messages), defines the hook
+#   task_flags N TASK   sets the arrays phase_a_flags and prune_flags of task N (its settings)
+# and may redefine next_step N (what to run once task N is learned and picked). Task N loads the
+# ratio picked for task N-1 of TASK_LIST; experiment 3's age folds are lists that share a prefix.
+
+# check_target TARGET: TARGET_TASK_ID is 1..len(TASK_LIST) or all; else one line and exit 1.
+check_target() {
+  local num_tasks=${#TASK_LIST[@]}
+  if [ "$1" != all ] && ! { [[ $1 =~ ^[0-9]+$ ]] && [ "$1" -ge 1 ] && [ "$1" -le "$num_tasks" ]; }; then
+    echo "TARGET_TASK_ID=$1: use 1..$num_tasks (tasks: ${TASK_LIST[*]}) or all" >&2
+    exit 1
+  fi
+}
+
+pick_command() { echo "python tools/pick_pruning_ratio.py --task_folder $1 --baseline_acc_file $GOALS_FILE --ratio <ratio>"; }
+
+next_step() {
+  if [ "$1" -lt "${#TASK_LIST[@]}" ]; then echo "then: TARGET_TASK_ID=$(($1 + 1)) bash $SCRIPT"; fi
+}
+
+# learn_task N: Phase A with growth and the pruning stages of task N (its pick is separate).
+learn_task() {
+  local n=$1 task=${TASK_LIST[$1-1]} num_tasks=${#TASK_LIST[@]} i
+  local dir=$ROOT/$task load=()
+  width=$START_WIDTH   # the widest earlier task's width (the checkpoint's wins if it is larger)
+  for ((i = 1; i < n; i++)); do width=$(max "$width" "$(stored_width "$ROOT/${TASK_LIST[$i-1]}")"); done
+  if [ "$n" -gt 1 ]; then
+    local prev=$ROOT/${TASK_LIST[$n-2]}
+    if [ ! -f "$prev/gradual_prune/chosen.json" ]; then
+      echo "task $((n - 1)) (${TASK_LIST[$n-2]}) has no picked pruning ratio yet; pick one first:" >&2
+      echo "  python tools/pick_pruning_ratio.py --task_folder $prev --baseline_acc_file $GOALS_FILE   (prints the table)" >&2
+      echo "  $(pick_command "$prev")" >&2
+      exit 1
+    fi
+    load=(--load_folder "$prev/gradual_prune")
+  fi
+  mkdir -p "$dir"
+  task_flags "$n" "$task"
+  echo "=== task $n/$num_tasks: $task (width multiplier $width)"
+  phase_a_with_growth "$dir" "$task" ${load[@]+"${load[@]}"} "${phase_a_flags[@]}"
+  if [ "$phase_a" -ne 5 ]; then
+    pruning_stages "$dir" "$task" "${prune_flags[@]}"
+  fi
+}
+
+# run_sequence TARGET: TARGET=N learns task N, prints its record table with the goal and the
+# rule's suggestion, and stops for the user's pick; TARGET=all learns every task not DONE yet,
+# each picked automatically unless it was picked by hand already. Reruns resume.
+run_sequence() {
+  local target=$1 num_tasks=${#TASK_LIST[@]} n task dir
+  if [ "$target" = all ]; then
+    for ((n = 1; n <= num_tasks; n++)); do
+      task=${TASK_LIST[$n-1]}
+      dir=$ROOT/$task
+      if [ -f "$dir/DONE" ]; then echo "=== $task: already learned, skipping"; drop_stage_copies "$dir"; continue; fi
+      learn_task "$n"
+      if [ -f "$dir/gradual_prune/chosen.json" ]; then
+        echo "=== $task: keeping the pruning ratio picked before"
+      else
+        python tools/pick_pruning_ratio.py --task_folder "$dir" --dataset "$task" --baseline_acc_file "$GOALS_FILE" \
+          --auto --allow_acc_loss "$ALLOW_ACC_LOSS" --max_allowed_network_width_multiplier "$MAX_WIDTH" \
+          --log_path "$dir/train.log" || fail "ratio choice of $task" "$?" "$dir/train.log"
+      fi
+      touch "$dir/DONE"
+      drop_stage_copies "$dir"
+    done
+    echo "all $num_tasks tasks learned; final model: $ROOT/${TASK_LIST[$num_tasks-1]}/gradual_prune/checkpoint.pth.tar"
+    return 0
+  fi
+  task=${TASK_LIST[$target-1]}
+  dir=$ROOT/$task
+  if [ -f "$dir/DONE" ]; then
+    # learned and picked by an `all` run, whose stage copies are gone: nothing to redo
+    echo "=== task $target ($task) is already learned (DONE); its record:"
+    python tools/pick_pruning_ratio.py --task_folder "$dir" --dataset "$task" --baseline_acc_file "$GOALS_FILE"
+    return 0
+  fi
+  learn_task "$target"
+  python tools/pick_pruning_ratio.py --task_folder "$dir" --dataset "$task" --baseline_acc_file "$GOALS_FILE" \
+    --allow_acc_loss "$ALLOW_ACC_LOSS" --max_allowed_network_width_multiplier "$MAX_WIDTH"
+  echo "=== task $target ($task) learned. Pick its pruning ratio from the table above:"
+  echo "  $(pick_command "$dir")"
+  next_step "$target"
 }

@@ -73,6 +73,7 @@ def frozen_state_dict(model):
 def checkpoint_metadata(model, arch):
     return {'format': FORMAT, 'arch': arch, 'base_width': model.base_width,
             'network_width_multiplier': model.multiplier,
+            'model_kwargs': model.model_kwargs(),   # e.g. SphereNet's image_size (its flat size)
             'tasks': [dict(t) for t in model.tasks]}
 
 
@@ -122,7 +123,8 @@ def load_checkpoint(path, map_location='cpu', hint='run the stage that writes it
 
 def model_from_checkpoint(ckpt, device='cpu'):
     """Rebuild the multi-task model and load its weights, masks, norms and heads."""
-    model = build_model_with_tasks(ckpt['arch'], ckpt['base_width'], ckpt['tasks'])
+    model = build_model_with_tasks(ckpt['arch'], ckpt['base_width'], ckpt['tasks'],
+                                   **ckpt.get('model_kwargs', {}))
     for task, saved in zip(model.tasks, ckpt['tasks']):
         task.update(saved)
     model.to(device)

@@ -22,6 +22,8 @@ from .checkpoint import (CHECKPOINT_NAME, RESUME_NAME, atomic_write_json, load_c
 from .data import seed_loader_epoch
 from .logger import append_jsonl
 from .manager import Manager, set_lr
+from models.angle import angle_lambda
+
 from .objectives import objective_for
 from .stats import ownership_stats
 
@@ -36,6 +38,10 @@ SIGNATURE_ARGS = ('dataset', 'arch', 'base_width', 'num_classes', 'epochs', 'lr'
                   'max_decays', 'plateau_mask_factor', 'selection', 'train_acc_gate', 'goal_margin',
                   'max_allowed_network_width_multiplier', 'total_num_tasks', 'val_fraction',
                   'image_size', 'head')
+# Settings of one experiment's own flags: in the signature only where the entry script has them,
+# so that adding an experiment never invalidates the finished stages of another.
+EXPERIMENT_SIGNATURE_ARGS = ('pairs_file', 'verification_task', 'weighted_loss_tasks',
+                             'angle_lambda_restart')
 
 
 class PhaseContext:
@@ -54,6 +60,7 @@ class PhaseContext:
         checkpoint it starts from (`source`: that checkpoint's metadata, None for a fresh model)."""
         a = self.args
         sig = {name: getattr(a, name, None) for name in SIGNATURE_ARGS}
+        sig.update({name: getattr(a, name) for name in EXPERIMENT_SIGNATURE_ARGS if hasattr(a, name)})
         sig.update(phase=phase, load_folder=_norm(a.load_folder),
                    input_checkpoint=None if source is None else source.get('checkpoint_id'))
         sig.update(extra)
@@ -133,9 +140,22 @@ class PhaseContext:
         reduce = self.dist.all_reduce_sum if self.dist is not None else None
         if getattr(self.args, 'channels_last', False):
             model.to(memory_format=torch.channels_last)
-        head = model.tasks[task - 1].get('head', 'linear')
+        record = model.tasks[task - 1]
+        head = record.get('head', 'linear')
+        weights = getattr(self.data, 'class_weights', lambda name: None)(record['name'])
+        if weights is not None:
+            self.logger.info('task %r: class-weighted cross-entropy, weights %s', record['name'],
+                             ' '.join(f'{w:.4f}' for w in weights.tolist()))
+        objective = objective_for(head, record, class_weight=weights,
+                                  restart=getattr(self.args, 'angle_lambda_restart', False))
+        skipped = getattr(self.data, 'skipped_pairs', 0) if head == 'angle' else 0
+        if skipped:
+            self.logger.info('task %r: %d verification pairs skipped (an image is missing)', record['name'], skipped)
+        if getattr(objective, 'step', 0):
+            self.logger.info('task %r: AngleLoss continues at step %d (lambda %.2f)', record['name'],
+                             objective.step, angle_lambda(objective.step))
         return Manager(model, task, self.device, train_loader, val_loader, self.logger,
-                       objective=objective_for(head), net=net, reduce=reduce, show_progress=self.is_main,
+                       objective=objective, net=net, reduce=reduce, show_progress=self.is_main,
                        amp=getattr(self.args, 'amp', None),
                        channels_last=getattr(self.args, 'channels_last', False))
 
@@ -197,6 +217,9 @@ def run_epochs(ctx, phase, model, task, manager, sgd, adam, schedule, selection,
             adam.load_state_dict(resume['adam'])
         schedule.load_state_dict(resume['schedule'])
         selection.load_state_dict(resume['selection'])
+        manager.objective.load_state_dict(resume.get('objective') or {})
+        if resume.get('objective'):  # what train_epoch would have recorded in the task table
+            set_task_record(model, task, objective_state=resume['objective'])
         start, step = resume['epoch'], resume['step']
     elif on_fresh is not None:
         on_fresh()
@@ -222,5 +245,6 @@ def run_epochs(ctx, phase, model, task, manager, sgd, adam, schedule, selection,
         ctx.save_resume(model, final or new_best, signature=signature, epoch=epoch, step=step,
                         sgd=sgd.state_dict(), adam=adam.state_dict() if adam is not None else None,
                         schedule=schedule.state_dict(), selection=selection.state_dict(),
-                        pruner=pruner.state_dict() if pruner is not None else None)
+                        pruner=pruner.state_dict() if pruner is not None else None,
+                        objective=manager.objective.state_dict())
     return epoch - start

@@ -80,9 +80,10 @@ def get_args_parser(prog, description, defaults, add_flags=None):
     parser.add_argument('--max_decays', type=int, default=3, help='plateau: the stage stops after this many decays')
     parser.add_argument('--plateau_mask_factor', type=float, default=0.2,
                         help='plateau: mask LR factor, applied at the first decay only')
-    parser.add_argument('--selection', choices=['last', 'best'], default='last',
+    parser.add_argument('--selection', choices=['last', 'best', 'goal'], default='last',
                         help='last: the last epoch, gated by --train_acc_gate (experiment 1); best: the best '
-                             'validation epoch (experiment 2; pruning: epochs after the interval)')
+                             'validation epoch (experiment 2; pruning: epochs after the interval); goal: best, '
+                             'but a pruning stage keeps only epochs above goal - --goal_margin (experiment 3)')
     parser.add_argument('--train_acc_gate', type=float, default=0.95,
                         help='selection last: a stage counts only if its last-epoch train accuracy exceeds this')
     parser.add_argument('--goal_margin', type=float, default=0.0,
@@ -203,6 +204,8 @@ def run_stage(args, provider):
         if args.amp and torch.device(device).type != 'cuda':
             raise CPGError(f'--amp {args.amp} needs a CUDA device (running on {device}); drop --amp')
         log_run_header(logger, args)
+        for note in getattr(args, 'notes', None) or ():
+            logger.info('note: %s', note)
         seed_everything(args.seed)
         ctx = PhaseContext(args, provider(args, device, dist), logger, device, dist)
         if args.mode == 'finetune':
@@ -236,9 +239,10 @@ def process_exit_code(status):
     return status
 
 
-def cli(get_parser, main_fn):
-    """The `__main__` block of an entry script: parse, check, run, exit with the status."""
+def cli(get_parser, main_fn, check=None):
+    """The `__main__` block of an entry script: parse, check (`check`: the experiment's own
+    check_args, which calls this module's), run, exit with the status."""
     parser = get_parser()
     args = parser.parse_args()
-    check_args(parser, args)
+    (check or check_args)(parser, args)
     sys.exit(process_exit_code(main_fn(args)))

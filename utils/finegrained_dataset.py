@@ -183,12 +183,14 @@ class ImageFiles(EpochKeyedDataset):
     into every worker as their reference counts change).
     """
 
+    data_hint = DATA_HINT
+
     def __init__(self, data_root, task, split, train_transform=False, image_size=224):
         super().__init__()
         self.task, self.split = task, split
-        self.root = split_dir(data_root, task, split)
+        self.root = self.split_root(data_root, task, split)
         if not os.path.isdir(self.root):
-            raise CPGError(f'no folder {self.root} (task {task!r}, {split} split); {DATA_HINT}')
+            raise CPGError(f'no folder {self.root} (task {task!r}, {split} split); {self.data_hint}')
         self.classes = class_folders(self.root)
         if not self.classes:
             raise CPGError(f'no class subfolders in {self.root}; expected {self.root}/<class>/*.jpg')
@@ -205,8 +207,17 @@ class ImageFiles(EpochKeyedDataset):
         self.row_targets = torch.tensor(labels, dtype=torch.int64)  # (N,)
         self.train_transform = train_transform
         self.image_size = int(image_size)
-        self.transforms = {flag: FineGrainedTransform(task, image_size, train=flag)
+        self.transforms = {flag: self.make_transform(task, self.image_size, flag)
                            for flag in (False, True)}
+
+    # the layout and transforms of an experiment (utils/face_dataset.FaceImages overrides both)
+    def split_root(self, data_root, task, split):
+        """The folder holding the class folders of `task`'s `split`."""
+        return split_dir(data_root, task, split)
+
+    def make_transform(self, task, image_size, train):
+        """The train (train=True) or test transform: PIL image, generator -> (3, S, S)."""
+        return FineGrainedTransform(task, image_size, train=train)
 
     def path(self, row):
         """File path of folder row `row`."""

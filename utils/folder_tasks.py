@@ -99,15 +99,20 @@ class FolderTasks:
         else:
             select = self.test_set(task)
             self._check_same_classes(task, train.classes, select.classes)
-        num_classes = len(train.classes)
-        expected = getattr(a, 'num_classes', None)
-        if expected is not None and num_classes != expected:
-            raise CPGError(f'task {task!r} under {a.data_root} has {num_classes} classes '
-                           f'(class folders of {self.split_dir(task, "train")}) but --num_classes '
-                           f'is {expected}; set NUM_CLASSES/--num_classes to match')
+        num_classes = self.checked_num_classes(task, train.classes)
         return (build_train_loader(train, a.batch_size, self.workers, self.device, a.seed, self.dist),
                 build_eval_loader(select, a.val_batch_size, self.workers, self.device),
                 num_classes)
+
+    def checked_num_classes(self, task, train_classes):
+        """The task's class count (its train class folders); CPGError if --num_classes differs."""
+        num_classes = len(train_classes)
+        expected = getattr(self.args, 'num_classes', None)
+        if expected is not None and num_classes != expected:
+            raise CPGError(f'task {task!r} under {self.args.data_root} has {num_classes} classes '
+                           f'(class folders of {self.split_dir(task, "train")}) but --num_classes '
+                           f'is {expected}; set NUM_CLASSES/--num_classes to match')
+        return num_classes
 
     def test_loader(self, task):
         """Ordered loader over the task's test split (inference)."""

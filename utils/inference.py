@@ -35,6 +35,8 @@ def run_inference(ctx):
                      'pruning_ratio': info.get('pruning_ratio'),
                      'owned_fraction': stats['owned_fraction'],
                      'picked_fraction': stats['picked_fraction']})
+        if 'accuracy_std' in val:   # face verification: mean ± std over the 10 LFW folds
+            rows[-1].update(accuracy_std=val['accuracy_std'], pairs=val.get('pairs'))
         ctx.logger.info('inference task %d %r: accuracy %.4f (when learned %s)', task, name,
                         val['accuracy'], info.get('accuracy'))
     average = sum(r['accuracy'] for r in rows) / max(len(rows), 1)
@@ -45,11 +47,14 @@ def run_inference(ctx):
 
 def format_results_table(results):
     """Plain-text table of run_inference's results."""
-    head = f'{"task":<32} {"acc %":>7} {"learned %":>9} {"width":>5} {"pruned":>6} {"owned":>6} {"picked":>6}'
+    head = f'{"task":<32} {"acc %":>13} {"learned %":>9} {"width":>5} {"pruned":>6} {"owned":>6} {"picked":>6}'
     lines = [head, '-' * len(head)]
     for r in results['tasks']:
         learned = '' if r['accuracy_when_learned'] is None else f'{100 * r["accuracy_when_learned"]:.2f}'
-        lines.append(f'{r["task"]:<32} {100 * r["accuracy"]:>7.2f} {learned:>9} '
+        acc = f'{100 * r["accuracy"]:.2f}'
+        if r.get('accuracy_std') is not None:
+            acc += f' ± {100 * r["accuracy_std"]:.2f}'
+        lines.append(f'{r["task"]:<32} {acc:>13} {learned:>9} '
                      f'{r["network_width_multiplier"]:>5.2f} {r["pruning_ratio"] or 0:>6.2f} '
                      f'{r["owned_fraction"]:>6.3f} {r["picked_fraction"]:>6.3f}')
     lines.append('-' * len(head))

@@ -113,6 +113,9 @@ class Manager:
                 loss_sum, correct = sums.tolist()
                 self._check_finite(loss_sum, epoch, optimizers)
                 bar.set_postfix(loss=f'{loss_sum / seen:.3f}', acc=f'{correct / seen:.3f}')
+        state = self.objective.state_dict()
+        if state:  # e.g. AngleLoss's global step: saved with the task, continued by the next stage
+            self.model.tasks[self.task - 1]['objective_state'] = state
         totals = torch.cat([sums, sums.new_tensor([seen])])
         loss_sum, correct, seen = self.reduce(totals).tolist()
         self._check_finite(loss_sum, epoch, optimizers)
@@ -133,6 +136,8 @@ class Manager:
         """Accuracy of `task` (default: the task in training) with its frozen effective weights."""
         task = self.task if task is None else task
         loader = self.val_loader if loader is None else loader
+        if hasattr(self.objective, 'evaluate'):  # e.g. face verification: the LFW protocol
+            return self.objective.evaluate(self.model, task, loader, self.device, self._batches)
         self.model.set_task(task)
         self.model.eval()
         sums = torch.zeros(2, dtype=torch.float64, device=self.device)

@@ -8,9 +8,10 @@ Experiments differ only in configuration: the LR schedule (utils/schedules.py), 
 becomes the result (utils/selection.py), the head kind / objective, and the data provider.
 Replay, resume and the epoch loop are in utils/context.py; inference in utils/inference.py.
 """
+import inspect
 import os
 
-from models import build_model
+from models import MODELS, build_model, read_pretrained_state
 
 from .checkpoint import checkpoint_info
 from .context import (EXIT_NO_CAPACITY, EXIT_OK, EXIT_STOP_PRUNING, EXIT_WIDEN, file_identity,
@@ -23,6 +24,14 @@ from .pruner import GradualPruner
 from .records import read_goal, read_record, reset_record, write_goal, write_record
 from .schedules import ConstantSchedule, build_schedule
 from .selection import BestEpoch, build_selection
+
+
+def model_kwargs(args):
+    """The architecture's own constructor flags (e.g. SphereNet's image_size), read from args:
+    every parameter of its registry factory besides the widths that args has."""
+    params = inspect.signature(MODELS[args.arch]).parameters
+    return {name: getattr(args, name) for name in params
+            if name not in ('base_width', 'multiplier') and getattr(args, name, None) is not None}
 
 
 def must_prune_sparsity(total_num_tasks, learned):
@@ -55,10 +64,10 @@ def _evaluate_only(manager, selection):
 
 
 def _load_pretrained(ctx, model, task):
-    """The first task's backbone (and head, for 1000 classes) from --pretrained (spec §5.2)."""
-    from models.resnet import read_torchvision_state
+    """The first task's backbone (and head, when the file's head fits) from --pretrained
+    (spec §5.2: torchvision's ResNet-50; §5.3: the original's face_weight.pth)."""
     try:
-        info = model.load_pretrained(read_torchvision_state(ctx.args.pretrained), task)
+        info = model.load_pretrained(read_pretrained_state(ctx.args.pretrained), task)
     except ValueError as exc:
         raise CPGError(f'--pretrained {ctx.args.pretrained}: {exc}') from None
     ctx.logger.info('pretrained weights from %s: %d tensors copied, head %s', ctx.args.pretrained,
@@ -88,8 +97,8 @@ def run_finetune(ctx):
             raise CPGError(f'--initial_from {a.initial_from} must hold one task at width {current} '
                            f'(it holds {len(initial["tasks"])} at {initial["network_width_multiplier"]})')
     if a.pretrained and not os.path.isfile(a.pretrained):
-        raise CPGError(f'pretrained weights not found: {a.pretrained}; place torchvision\'s ResNet-50 '
-                       f'file there (README "Pretrained weights") or unset PRETRAINED_PATH')
+        raise CPGError(f'pretrained weights not found: {a.pretrained}; place the pretrained file there '
+                       f'(README "Pretrained weights") or unset PRETRAINED_PATH')
     width = width_for_new_task(a.network_width_multiplier, current,
                                a.max_allowed_network_width_multiplier)
     signature = ctx.signature('finetune', source, width=width, goal=goal,
@@ -102,7 +111,8 @@ def run_finetune(ctx):
     if a.load_folder:
         model = ctx.load_model(a.load_folder, 'finish the previous task first')
     else:
-        model = build_model(a.arch, a.base_width, a.network_width_multiplier).to(ctx.device)
+        model = build_model(a.arch, a.base_width, a.network_width_multiplier,
+                            **model_kwargs(a)).to(ctx.device)
     if initial is not None:
         initial = ctx.load_model(a.initial_from, 'train that task\'s baseline first')
     train_loader, val_loader, num_classes = ctx.data.loaders(a.dataset)
@@ -205,7 +215,9 @@ def run_prune(ctx):
     hint = 'run the previous stage (or Phase A) first'
     source = checkpoint_info(a.load_folder, hint)
     task = _last_task(ctx, source)
-    signature = ctx.signature('prune', source, initial_sparsity=a.initial_sparsity,
+    goal = read_goal(a.baseline_acc_file, a.dataset) if a.selection == 'goal' else None
+    goal_sig = {} if goal is None else {'goal': goal}   # unchanged signatures of the other rules
+    signature = ctx.signature('prune', source, **goal_sig, initial_sparsity=a.initial_sparsity,
                               target_sparsity=a.target_sparsity, pruning_interval=a.pruning_interval,
                               pruning_frequency=a.pruning_frequency,
                               width=source['network_width_multiplier'])
@@ -228,7 +240,7 @@ def run_prune(ctx):
                            frequency=a.pruning_frequency, optimizer=sgd)
     if ctx.dist is not None:
         pruner.after_update = ctx.dist.broadcast_owners
-    selection = build_selection(a, 'prune', a.epochs)
+    selection = build_selection(a, 'prune', a.epochs, goal=goal)
 
     def on_fresh():
         before = manager.validate()
@@ -247,9 +259,10 @@ def run_prune(ctx):
     _end(model)
     acc, train_acc = selection.accuracy, selection.train_accuracy
     if not selection.passes_gate():
-        ctx.logger.info('train accuracy %.4f <= gate %s: nothing saved, stop pruning', train_acc, a.train_acc_gate)
+        reason = selection.gate_reason()
+        ctx.logger.info('%s: nothing saved, stop pruning', reason)
         return ctx.finish(signature, EXIT_STOP_PRUNING, accuracy=acc, train_accuracy=train_acc,
-                          reason='train accuracy gate')
+                          reason=reason)
     _save_result(ctx, model, task, selection, pruning_ratio=a.target_sparsity)
     if a.pruning_ratio_to_acc_record_file and ctx.is_main:
         write_record(a.pruning_ratio_to_acc_record_file, a.target_sparsity, acc)

@@ -6,6 +6,9 @@
         happens. In pruning stages only epochs at whose end the target sparsity is reached
         qualify (epoch number >= --pruning_interval, and always the last one); no gate.
 
+  goal  experiment 3 (spec §9.1): `best`, but in pruning stages an epoch counts only if it beats
+        the task's goal - --goal_margin; a stage where none does saves nothing and stops the loop.
+
 Retrain (spec §3.5) is `best` with a starting threshold and a patience. The state is part of the
 resume state, so a resumed stage selects exactly what an uninterrupted one selects.
 """
@@ -39,6 +42,10 @@ class LastEpoch:
     def passes_gate(self):
         """A stage that trained no epoch (a pretrained task, evaluated only) has nothing to gate."""
         return self.train is None or self.train['accuracy'] > self.gate
+
+    def gate_reason(self):
+        """Why a stage that fails passes_gate saved nothing (log and result.json)."""
+        return f'train accuracy {self.train_accuracy:.4f} <= gate {self.gate}'
 
     def state_dict(self):
         return {'epoch': self.epoch, 'train': self.train, 'val': self.val}
@@ -91,9 +98,39 @@ class BestEpoch(LastEpoch):
         self.stale, self.improved, self.threshold = state['stale'], state['improved'], state['threshold']
 
 
-def build_selection(args, phase, epochs):
-    """The rule `--selection` names for Phase A ('finetune') or a pruning stage ('prune')."""
+class BestAboveGoal(BestEpoch):
+    """BestEpoch whose results must beat goal - margin; a stage without one saves nothing."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.best_seen = None   # the best qualifying accuracy, saved or not (for the log)
+
+    def observe(self, epoch, train, val):
+        if epoch >= self.first_epoch or epoch == self.last_epoch:
+            self.best_seen = max(val['accuracy'], self.best_seen or val['accuracy'])
+        return super().observe(epoch, train, val)
+
+    def passes_gate(self):
+        return self.improved
+
+    def gate_reason(self):
+        return (f'no epoch after the pruning interval beat goal - margin = {self.threshold:.4f} '
+                f'(best {self.best_seen})')
+
+    def state_dict(self):
+        return dict(super().state_dict(), best_seen=self.best_seen)
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        self.best_seen = state.get('best_seen')
+
+
+def build_selection(args, phase, epochs, goal=None):
+    """The rule `--selection` names for Phase A ('finetune') or a pruning stage ('prune');
+    `goal`: the task's accuracy goal (selection 'goal' in pruning stages)."""
     if args.selection == 'last':
         return LastEpoch(args.train_acc_gate)
     first = args.pruning_interval - 1 if phase == 'prune' else 0
+    if args.selection == 'goal' and phase == 'prune':
+        return BestAboveGoal(first_epoch=first, last_epoch=epochs - 1, threshold=goal - args.goal_margin)
     return BestEpoch(first_epoch=first, last_epoch=epochs - 1)

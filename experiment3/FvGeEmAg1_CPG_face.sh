@@ -1,0 +1,3 @@
+#!/usr/bin/env bash
+# CPG, experiment 3, task 4: the age task of fold 1 (age1), branching from the picked emotion model.
+AGE_FOLD=1 exec bash "$(dirname "$0")/FvGeEm_CPG_face.sh" "$@"
