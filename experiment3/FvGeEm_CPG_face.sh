@@ -86,7 +86,8 @@ next_step() {
   if [ "$1" -lt "${#TASK_LIST[@]}" ]; then echo "then: TARGET_TASK_ID=$(($1 + 1)) bash $SCRIPT"
   elif [ -z "$AGE_FOLD" ] && [ ${#AGE_TASKS[@]} -gt 0 ]; then
     echo "then: bash experiment3/FvGeEmAg${AGE_FOLD_LIST[0]}_CPG_face.sh (and the other folds' scripts; each branches from this model)"
-  else echo "then: bash experiment3/inference_checkpoints_FvGeEmAg.sh"; fi
+  elif [ -n "$AGE_FOLD" ]; then echo "then: bash experiment3/inference_checkpoints_FvGeEmAg.sh"
+  else echo "that was the last task (AGE_FOLDS is empty: no age fold to learn, nor for experiment3/inference_checkpoints_FvGeEmAg.sh to evaluate)"; fi
 }
 
 if [ "$TARGET_TASK_ID" = all ] && [ ${#AGE_TASKS[@]} -gt 0 ]; then

@@ -10,7 +10,7 @@ read -r -a AGE_FOLD_LIST <<< "$(echo ${AGE_FOLDS-0 1 2 3 4})"
 AGE_TASK=${AGE_TASK:-age}
 PAIRS_FILE=${PAIRS_FILE:-face_data/lfw_pairs.txt}
 WEIGHTED_LOSS_TASKS=${WEIGHTED_LOSS_TASKS-emotion}   # class-weighted cross-entropy (spec §6.3)
-# The original's CNN20 trained on CASIA-WebFace (face_weight.pth); empty = train task 1 from scratch.
+# The original's CNN20 trained for face verification on VGGFace2 (face_weight.pth); empty = train task 1 from scratch.
 PRETRAINED_PATH=${PRETRAINED_PATH-face_data/face_weight.pth}
 DEVICE=${DEVICE:-auto}
 BATCH_SIZE=${BATCH_SIZE:-}         # empty: the per-task batch sizes of the table in FvGeEm_CPG_face.sh

@@ -14,6 +14,8 @@ for path in (REPO, TESTS):
     if path not in sys.path:
         sys.path.insert(0, path)
 
+# the shared helpers' asserts (e.g. assert_same_state) report like the tests' own
+pytest.register_assert_rewrite('cpg_testlib')
 from cpg_testlib import DEVICE, ON_CUDA, device_error, make_toy_data  # noqa: E402
 
 # 2 cores shared by test processes: OpenMP threads spinning against each other make the tiny

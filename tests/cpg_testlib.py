@@ -329,16 +329,62 @@ def kill_script_when(script, env, due, delay, name, timeout=600, before_kill=Non
     import pytest
     proc = subprocess.Popen(['bash', script], cwd=REPO, env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    started = time.monotonic()
-    while proc.poll() is None and not due():
-        assert time.monotonic() - started < timeout, f'{name}: never due'
-        time.sleep(0.01)
-    if proc.poll() is not None:
-        pytest.fail(f'{name}: the script ended (exit {proc.returncode}) before the kill point: '
-                    f'{proc.stderr.read()[-2000:]}')
-    time.sleep(delay)
-    if before_kill is not None:
-        before_kill()
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    proc.stderr.close()
+    try:
+        started = time.monotonic()
+        while proc.poll() is None and not due():
+            assert time.monotonic() - started < timeout, f'{name}: never due'
+            time.sleep(0.01)
+        if proc.poll() is not None:
+            pytest.fail(f'{name}: the script ended (exit {proc.returncode}) before the kill point: '
+                        f'{proc.stderr.read()[-2000:]}')
+        time.sleep(delay)
+        if before_kill is not None:
+            before_kill()
+    finally:  # also when due() or the timeout raised: never leave the script running
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:  # the whole group has already ended
+            pass
+        proc.wait()
+        proc.stderr.close()
+
+
+# ----- the experiment scripts end to end (tests/test_experiment*_e2e.py) ---------------------------
+def run_script(script, env, *args, timeout=900, **extra):
+    """`bash script args...` in the repository with `env` plus `extra` (values as strings):
+    the CompletedProcess, output captured as text."""
+    import subprocess
+    env = dict(env, **{k: str(v) for k, v in extra.items()})
+    return subprocess.run(['bash', script, *(str(a) for a in args)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def run_pick(env, root, task, ratio):
+    """tools/pick_pruning_ratio.py: pick `ratio` by hand for `root`/`task` (goals: env's GOALS_FILE)."""
+    import subprocess
+    return subprocess.run(['python', 'tools/pick_pruning_ratio.py', '--task_folder', str(os.path.join(root, task)),
+                           '--baseline_acc_file', env['GOALS_FILE'], '--ratio', str(ratio)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+
+
+def tail(proc, n=3000):
+    """A finished process's exit status and the ends of its output (assertion messages)."""
+    return f'exit {proc.returncode}\nstdout: {proc.stdout[-n:]}\nstderr: {proc.stderr[-n:]}'
+
+
+def assert_same_state(got, want):
+    """Two checkpoints hold the same task table and bitwise-equal tensors under the same keys."""
+    assert got['tasks'] == want['tasks']
+    assert got['model'].keys() == want['model'].keys()
+    for key, value in want['model'].items():
+        assert torch.equal(got['model'][key], value), key
+
+
+def one_line_error(fn, exc=ValueError):
+    """The message of the `exc` that fn() raises, asserted to be a single line."""
+    import pytest
+    with pytest.raises(exc) as info:
+        fn()
+    message = str(info.value)
+    assert '\n' not in message, message
+    return message

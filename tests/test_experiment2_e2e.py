@@ -10,12 +10,12 @@ import json
 import os
 import random
 import shutil
-import subprocess
 
 import pytest
 import torch
 
-from cpg_testlib import REPO, kill_script_when, make_toy_data, subprocess_env
+from cpg_testlib import (assert_same_state, kill_script_when, make_toy_data, run_pick, run_script,
+                         subprocess_env, tail)
 from utils.checkpoint import load_checkpoint, model_from_checkpoint
 
 pytestmark = pytest.mark.slow
@@ -50,22 +50,6 @@ def _env(data, out, **extra):
     return subprocess_env(**knobs)
 
 
-def _run(script, env, timeout=900, **extra):
-    env = dict(env, **{k: str(v) for k, v in extra.items()})
-    return subprocess.run(['bash', script], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=timeout)
-
-
-def _pick(env, root, task, ratio):
-    return subprocess.run(['python', 'tools/pick_pruning_ratio.py', '--task_folder', str(root / task),
-                           '--baseline_acc_file', env['GOALS_FILE'], '--ratio', str(ratio)],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
-
-
-def _tail(proc, n=3000):
-    return f'exit {proc.returncode}\nstdout: {proc.stdout[-n:]}\nstderr: {proc.stderr[-n:]}'
-
-
 def _chosen(root):
     return {t: json.loads((root / t / 'gradual_prune' / 'chosen.json').read_text())['chosen_pruning_ratio']
             for t in TASKS}
@@ -75,22 +59,15 @@ def _final_state(root):
     return load_checkpoint(str(root / TASKS[-1] / 'gradual_prune'))
 
 
-def _assert_same_state(got, want):
-    assert got['tasks'] == want['tasks']
-    assert got['model'].keys() == want['model'].keys()
-    for key, value in want['model'].items():
-        assert torch.equal(got['model'][key], value), key
-
-
 @pytest.fixture(scope='module')
 def reference(fg_data, tmp_path_factory):
     out = tmp_path_factory.mktemp('exp2_reference')
     env = _env(fg_data, out)
-    proc = _run(SCRIPT, env, TARGET_TASK_ID='all')
-    assert proc.returncode == 0, _tail(proc)
+    proc = run_script(SCRIPT, env, TARGET_TASK_ID='all')
+    assert proc.returncode == 0, tail(proc)
     assert 'Traceback' not in proc.stdout + proc.stderr
-    proc = _run(INFERENCE, env, timeout=300)
-    assert proc.returncode == 0, _tail(proc)
+    proc = run_script(INFERENCE, env, timeout=300)
+    assert proc.returncode == 0, tail(proc)
     return out, env, out / 'checkpoints' / ARCH_DIR
 
 
@@ -141,21 +118,21 @@ def test_one_task_per_run_with_picks_by_hand_equals_all(reference, fg_data, tmp_
     picks = _chosen(ref_root)
     for n, task in enumerate(TASKS, start=1):
         if n == 2:  # task 1 not picked yet: refuse and say how
-            proc = _run(SCRIPT, env, TARGET_TASK_ID=2)
-            assert proc.returncode == 1, _tail(proc)
+            proc = run_script(SCRIPT, env, TARGET_TASK_ID=2)
+            assert proc.returncode == 1, tail(proc)
             assert f'task 1 ({TASKS[0]}) has no picked pruning ratio yet' in proc.stderr
             assert f'tools/pick_pruning_ratio.py --task_folder {root / TASKS[0]}' in proc.stderr
             assert not (root / 'toy_b').exists()
-            bad = _pick(env, root, TASKS[0], 0.3)  # not in record.txt
-            assert bad.returncode == 1 and bad.stderr.count('\n') == 1 and '0.3' in bad.stderr, _tail(bad)
-            assert _pick(env, root, TASKS[0], picks[TASKS[0]]).returncode == 0
-        proc = _run(SCRIPT, env, TARGET_TASK_ID=n)
-        assert proc.returncode == 0, _tail(proc)
+            bad = run_pick(env, root, TASKS[0], 0.3)  # not in record.txt
+            assert bad.returncode == 1 and bad.stderr.count('\n') == 1 and '0.3' in bad.stderr, tail(bad)
+            assert run_pick(env, root, TASKS[0], picks[TASKS[0]]).returncode == 0
+        proc = run_script(SCRIPT, env, TARGET_TASK_ID=n)
+        assert proc.returncode == 0, tail(proc)
         assert 'sparsity  accuracy' in proc.stdout and 'suggests' in proc.stdout
         assert f'--task_folder {root / task}' in proc.stdout
         if n > 1:
-            assert _pick(env, root, task, picks[task]).returncode == 0
-    _assert_same_state(_final_state(root), _final_state(ref_root))
+            assert run_pick(env, root, task, picks[task]).returncode == 0
+    assert_same_state(_final_state(root), _final_state(ref_root))
 
 
 # ----- kill -9, rerun ----------------------------------------------------------------------------
@@ -180,10 +157,10 @@ def test_kill_9_then_rerun_gives_the_same_model(reference, fg_data, tmp_path):
     rng = random.Random(2019)
     for name, due, max_delay in KILL_POINTS:
         kill_script_when(SCRIPT, env, lambda: due(root), rng.uniform(0.0, max_delay), name)
-    proc = _run(SCRIPT, env)
-    assert proc.returncode == 0, _tail(proc)
+    proc = run_script(SCRIPT, env)
+    assert proc.returncode == 0, tail(proc)
     assert _chosen(root) == _chosen(ref_root)
-    _assert_same_state(_final_state(root), _final_state(ref_root))
+    assert_same_state(_final_state(root), _final_state(ref_root))
 
 
 # ----- VAL_FRACTION > 0: the test split is read only by inference --------------------------------
@@ -197,19 +174,19 @@ def test_val_fraction_selects_on_held_out_train_images_and_never_opens_test(fg_d
         shutil.move(str(data / task / 'test'), str(moved / task))
     env = _env(str(data), tmp_path, TASKS=' '.join(tasks), VAL_FRACTION='0.25', PRUNING_RATIOS='0.5')
     (tmp_path / 'goals.json').write_text(json.dumps({t: '0.0000' for t in tasks}))
-    proc = _run(SCRIPT, env, TARGET_TASK_ID='all')
-    assert proc.returncode == 0, _tail(proc)
+    proc = run_script(SCRIPT, env, TARGET_TASK_ID='all')
+    assert proc.returncode == 0, tail(proc)
     root = tmp_path / 'checkpoints' / ARCH_DIR
     for task in tasks:  # every validation ran on 25% of the 24 train images of each of 4 classes
         for line in open(root / task / 'scratch' / 'log.jsonl'):
             assert json.loads(line)['val']['total'] == 4 * 6
-    proc = _run(INFERENCE, env, timeout=300)
+    proc = run_script(INFERENCE, env, timeout=300)
     assert proc.returncode == 1
-    assert proc.stderr.count('\n') == 1 and str(data / tasks[0] / 'test') in proc.stderr, _tail(proc)
+    assert proc.stderr.count('\n') == 1 and str(data / tasks[0] / 'test') in proc.stderr, tail(proc)
     for task in tasks:
         shutil.move(str(moved / task), str(data / task / 'test'))
-    proc = _run(INFERENCE, env, timeout=300)
-    assert proc.returncode == 0, _tail(proc)
+    proc = run_script(INFERENCE, env, timeout=300)
+    assert proc.returncode == 0, tail(proc)
     rows = json.loads((tmp_path / 'results.json').read_text())['tasks']
     assert [r['task'] for r in rows] == list(tasks)
 
@@ -220,16 +197,16 @@ def test_rerun_after_done_touches_nothing(reference):
     _, env, root = reference
     files = {p: (os.stat(p).st_mtime_ns, os.path.getsize(p))
              for p in glob.glob(str(root / '**' / '*'), recursive=True) if os.path.isfile(p)}
-    proc = _run(SCRIPT, env, TARGET_TASK_ID='all')
-    assert proc.returncode == 0, _tail(proc)
+    proc = run_script(SCRIPT, env, TARGET_TASK_ID='all')
+    assert proc.returncode == 0, tail(proc)
     assert all(f'=== {task}: already learned, skipping' in proc.stdout for task in TASKS)
-    one = _run(SCRIPT, env, TARGET_TASK_ID=1)
-    assert one.returncode == 0 and 'is already learned (DONE)' in one.stdout, _tail(one)
+    one = run_script(SCRIPT, env, TARGET_TASK_ID=1)
+    assert one.returncode == 0 and 'is already learned (DONE)' in one.stdout, tail(one)
     assert 'sparsity  accuracy' in one.stdout  # the record table, printed again
-    for proc in (one, _run(SCRIPT, env, TARGET_TASK_ID='all')):
+    for proc in (one, run_script(SCRIPT, env, TARGET_TASK_ID='all')):
         assert 'Phase A' not in proc.stdout and 'already done' not in proc.stdout
-    proc = _pick(env, root, TASKS[0], _chosen(root)[TASKS[0]])
-    assert proc.returncode == 0 and '(already in place)' in proc.stdout, _tail(proc)
+    proc = run_pick(env, root, TASKS[0], _chosen(root)[TASKS[0]])
+    assert proc.returncode == 0 and '(already in place)' in proc.stdout, tail(proc)
     after = {p: (os.stat(p).st_mtime_ns, os.path.getsize(p))
              for p in glob.glob(str(root / '**' / '*'), recursive=True) if os.path.isfile(p)}
     assert after == files
@@ -241,10 +218,10 @@ def test_torchrun_nproc_2_ends_like_one_process(reference, fg_data, tmp_path):
     Accuracies may differ in the last digits: the ranks average gradients in another order."""
     _, _, ref_root = reference
     env = _env(fg_data, tmp_path, NPROC='2', DEVICE='cpu')
-    proc = _run(SCRIPT, env, TARGET_TASK_ID='all')
-    assert proc.returncode == 0, _tail(proc)
-    proc = _run(INFERENCE, env, timeout=300)
-    assert proc.returncode == 0, _tail(proc)
+    proc = run_script(SCRIPT, env, TARGET_TASK_ID='all')
+    assert proc.returncode == 0, tail(proc)
+    proc = run_script(INFERENCE, env, timeout=300)
+    assert proc.returncode == 0, tail(proc)
     root = tmp_path / 'checkpoints' / ARCH_DIR
     assert _chosen(root) == _chosen(ref_root)
     assert [float((root / t / 'width').read_text()) for t in TASKS] == [1.0, 1.5, 1.5]

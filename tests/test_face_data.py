@@ -9,27 +9,22 @@ import torch
 import torchvision.transforms as T
 from PIL import Image
 
-from cpg_testlib import load_tool, spy_on_paths, tree_bytes
+from cpg_testlib import make_toy_data, spy_on_paths, tree_bytes
 from utils.data import sample_generator, seed_loader_epoch
 from utils.errors import CPGError
 from utils.face_dataset import FACE_MEAN, FACE_STD, FaceImages, FaceTasks, FaceTransform, loss_weights
 from utils.finegrained_dataset import open_rgb
 from utils.verification import angular_distance, read_pairs, verification_accuracy
 
-toy = load_tool('make_toy_data')
 TASKS = ['face_verification', 'gender', 'emotion']
 SEED = 5
 
 
 def _make(out, **overrides):
-    flags = dict(layout='face', classes=3, train=6, test=2, size=16, identities=4, lfw_people=6,
-                 lfw_images=3, pairs=40, missing_pairs=3)
+    flags = dict(layout='face', task_names=TASKS, classes=3, train=6, test=2, size=16, identities=4,
+                 lfw_people=6, lfw_images=3, pairs=40, missing_pairs=3)
     flags.update(overrides)
-    argv = ['--out', str(out), '--task_names', *TASKS]
-    for key, value in flags.items():
-        argv += [f'--{key}', str(value)]
-    assert toy.main(toy.get_args_parser().parse_args(argv)) == 0
-    return str(out)
+    return make_toy_data(out, **flags)
 
 
 @pytest.fixture(scope='module')

@@ -10,7 +10,7 @@ import torch
 import torchvision.transforms as T
 from PIL import Image
 
-from cpg_testlib import load_tool, spy_on_paths
+from cpg_testlib import make_toy_data, spy_on_paths
 from utils.data import default_workers, sample_generator, seed_loader_epoch
 from utils.distributed import Distributed
 from utils.errors import CPGError
@@ -18,18 +18,14 @@ from utils.finegrained_dataset import (IMAGENET_MEAN, IMAGENET_STD, FineGrainedT
                                        FineGrainedTransform, ImageFiles, cutout_, cutout_box,
                                        cutout_length, random_resized_crop_params, resize_side)
 
-toy = load_tool('make_toy_data')
 TASKS = ['imagenet', 'birds_cropped', 'flowers']
 SEED = 5
 
 
 def _make(out, tasks=TASKS, **overrides):
-    argv = ['--out', str(out), '--layout', 'finegrained', '--task_names', *tasks, '--classes', '3',
-            '--train', '6', '--test', '2', '--size', '40']
-    for key, value in overrides.items():
-        argv += [f'--{key}', str(value)]
-    assert toy.main(toy.get_args_parser().parse_args(argv)) == 0
-    return str(out)
+    flags = dict(layout='finegrained', task_names=tasks, classes=3, train=6, test=2, size=40)
+    flags.update(overrides)
+    return make_toy_data(out, **flags)
 
 
 @pytest.fixture(scope='module')

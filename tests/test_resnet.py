@@ -3,7 +3,7 @@ import pytest
 import torch
 import torchvision
 
-from cpg_testlib import DEVICE, learn_task, task_logits, to_device
+from cpg_testlib import DEVICE, learn_task, one_line_error, task_logits, to_device
 from models import MODELS, build_model
 from models.layers import MaskedConv2d
 from models.resnet import ResNetMT, read_torchvision_state, resnet50
@@ -95,46 +95,38 @@ def test_head_from_fc_only_when_the_task_has_fc_shape(torchvision_net):
     assert int(model.layer1[0].bn2.per_task['1'].num_batches_tracked) == 7
 
 
-def _error(fn):
-    with pytest.raises(ValueError) as info:
-        fn()
-    message = str(info.value)
-    assert '\n' not in message, message
-    return message
-
-
 def test_clear_errors(tmp_path, torchvision_net):
     _, state = torchvision_net
     small = resnet50(base_width=SMALL)
     small.add_task('t', 1000)
-    assert 'need BASE_WIDTH 1.0 and width multiplier 1.0' in _error(lambda: small.load_pretrained(state, 1))
-    assert 'not in the model' in _error(lambda: small.load_pretrained(state, 2))
+    assert 'need BASE_WIDTH 1.0 and width multiplier 1.0' in one_line_error(lambda: small.load_pretrained(state, 1))
+    assert 'not in the model' in one_line_error(lambda: small.load_pretrained(state, 2))
     wide = resnet50(multiplier=1.5)
     wide.add_task('t', 1000)
-    assert 'multiplier 1.5' in _error(lambda: wide.load_pretrained(state, 1))
+    assert 'multiplier 1.5' in one_line_error(lambda: wide.load_pretrained(state, 1))
 
     model = resnet50()
     model.add_task('t', 1000)
     before = model.conv1.weight.detach().clone()
     missing = {k: v for k, v in state.items() if k != 'layer3.2.bn2.running_var'}
-    assert 'missing' in (msg := _error(lambda: model.load_pretrained(missing, 1)))
+    assert 'missing' in (msg := one_line_error(lambda: model.load_pretrained(missing, 1)))
     assert 'layer3.2.bn2.running_var' in msg
     extra = dict(state, **{'layer5.0.conv1.weight': torch.zeros(1)})
-    assert 'unexpected' in (msg := _error(lambda: model.load_pretrained(extra, 1)))
+    assert 'unexpected' in (msg := one_line_error(lambda: model.load_pretrained(extra, 1)))
     assert 'layer5.0.conv1.weight' in msg
     wrong = dict(state, **{'layer2.0.conv2.weight': torch.zeros(128, 128, 1, 1)})
-    msg = _error(lambda: model.load_pretrained(wrong, 1))
+    msg = one_line_error(lambda: model.load_pretrained(wrong, 1))
     assert "'layer2.0.conv2.weight'" in msg and '(128, 128, 1, 1)' in msg and '(128, 128, 3, 3)' in msg
     # everything is checked before anything is copied
     assert torch.equal(model.conv1.weight.detach(), before)
 
     nowhere = str(tmp_path / 'nope.pth')
-    assert nowhere in _error(lambda: read_torchvision_state(nowhere))
+    assert nowhere in one_line_error(lambda: read_torchvision_state(nowhere))
     garbage = tmp_path / 'garbage.pth'
     garbage.write_bytes(b'not a checkpoint')
-    assert str(garbage) in _error(lambda: read_torchvision_state(str(garbage)))
+    assert str(garbage) in one_line_error(lambda: read_torchvision_state(str(garbage)))
     torch.save({'epoch': 3}, tmp_path / 'no_state.pth')
-    assert 'no state dict' in _error(lambda: read_torchvision_state(str(tmp_path / 'no_state.pth')))
+    assert 'no state dict' in one_line_error(lambda: read_torchvision_state(str(tmp_path / 'no_state.pth')))
 
 
 def test_pretrained_weights_never_overwrite_an_earlier_task(torchvision_net):
@@ -143,7 +135,7 @@ def test_pretrained_weights_never_overwrite_an_earlier_task(torchvision_net):
     model.add_task('t1', 10)
     assign_free_capacity(model, 1)
     model.add_task('t2', 1000)   # same width: every entry is task 1's
-    assert 'other tasks' in _error(lambda: model.load_pretrained(state, 2))
+    assert 'other tasks' in one_line_error(lambda: model.load_pretrained(state, 2))
 
 
 @pytest.mark.parametrize('m, stem, inner1, outs', [

@@ -3,7 +3,7 @@ unforgetting with angle and linear heads, growth, face_weight.pth loading, the m
 import pytest
 import torch
 
-from cpg_testlib import DEVICE, begin_all, end_all, learn_task, prune_all, to_device
+from cpg_testlib import DEVICE, begin_all, end_all, learn_task, one_line_error, prune_all, to_device
 from models import MODELS, build_model, build_model_with_tasks, read_pretrained_state
 from models.angle import AngleHead, angle_lambda, angle_loss
 from models.layers import MaskedConv2d, scaled_width
@@ -240,14 +240,6 @@ def face_source():
     return model, _face_state(model, 1)
 
 
-def _one_line_error(fn):
-    with pytest.raises(ValueError) as info:
-        fn()
-    message = str(info.value)
-    assert '\n' not in message, message
-    return message
-
-
 def test_face_weights_reproduce_the_embedding_and_angle_outputs(face_source, tmp_path):
     source, state = face_source
     path = tmp_path / 'face_weight.pth'   # as a DataParallel run would have saved it
@@ -296,31 +288,31 @@ def test_face_weight_errors_are_one_line_and_copy_nothing(face_source):
     before = {k: v.clone() for k, v in model.state_dict().items()}
 
     wrong = dict(state, **{'conv3_2.weight': torch.zeros(16, 16, 1, 1)})
-    msg = _one_line_error(lambda: model.load_pretrained(wrong, 1))
+    msg = one_line_error(lambda: model.load_pretrained(wrong, 1))
     assert "'conv3_2.weight'" in msg and '(16, 16, 1, 1)' in msg and '(16, 16, 3, 3)' in msg
     missing = {k: v for k, v in state.items() if k != 'relu2_3.weight'}
-    assert 'missing' in (msg := _one_line_error(lambda: model.load_pretrained(missing, 1)))
+    assert 'missing' in (msg := one_line_error(lambda: model.load_pretrained(missing, 1)))
     assert 'relu2_3.weight' in msg
     extra = dict(state, **{'conv5_1.weight': torch.zeros(1)})
-    assert 'unexpected' in (msg := _one_line_error(lambda: model.load_pretrained(extra, 1)))
+    assert 'unexpected' in (msg := one_line_error(lambda: model.load_pretrained(extra, 1)))
     assert 'conv5_1.weight' in msg
     no_fc6 = {k: v for k, v in state.items() if k != 'fc6.weight'}
-    assert 'fc6.weight' in _one_line_error(lambda: model.load_pretrained(no_fc6, 1))
+    assert 'fc6.weight' in one_line_error(lambda: model.load_pretrained(no_fc6, 1))
     bad_fc6 = dict(state, **{'fc6.weight': torch.zeros(256, IDENTITIES)})
-    msg = _one_line_error(lambda: model.load_pretrained(bad_fc6, 1))
+    msg = one_line_error(lambda: model.load_pretrained(bad_fc6, 1))
     assert "'fc6.weight'" in msg and '(256, 10)' in msg
-    assert 'not in the model' in _one_line_error(lambda: model.load_pretrained(state, 2))
+    assert 'not in the model' in one_line_error(lambda: model.load_pretrained(state, 2))
     after = model.state_dict()
     assert all(torch.equal(after[k], v) for k, v in before.items())   # checked before any copy
 
     smaller = _model(seed=12, image_size=16)   # same convs, fc5 sized for 16x16 inputs
     smaller.add_task('face', IDENTITIES, head='angle')
-    msg = _one_line_error(lambda: smaller.load_pretrained(state, 1))
+    msg = one_line_error(lambda: smaller.load_pretrained(state, 1))
     assert "'fc5.weight'" in msg and '(512, 128)' in msg and '(512, 32)' in msg
 
     model.load_pretrained(state, 1)
     model.add_task('face2', IDENTITIES, head='angle')   # same width: every entry is task 1's
-    assert 'other tasks' in _one_line_error(lambda: model.load_pretrained(state, 2))
+    assert 'other tasks' in one_line_error(lambda: model.load_pretrained(state, 2))
 
 
 @pytest.mark.filterwarnings('ignore:for .*meta parameter')

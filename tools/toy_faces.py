@@ -53,24 +53,22 @@ def write_verification_task(out, task, task_index, args, draw_images, shift):
     task_dir = os.path.join(out, task)
     if os.path.isdir(task_dir):
         shutil.rmtree(task_dir)  # stale files from a run with other flags must not survive
+    def write_person(folder_name, kind, person, count, file_name):
+        # one identity's images in <task>/<split>/<folder_name>/, numbered by file_name(i)
+        folder = os.path.join(task_dir, 'train' if kind == TRAIN_KEY else 'val', folder_name)
+        os.makedirs(folder)
+        prototype = identity_prototype(args.seed, task_index, kind, person, args.size, shift)
+        rng = np.random.default_rng([args.seed, task_index, kind, person, 1])
+        for i, image in enumerate(draw_images(prototype, count, args.noise, rng)):
+            _save_jpeg(image, os.path.join(folder, file_name(i)))
+        return count
+
     written = 0
     for identity in range(args.identities):
-        folder = os.path.join(task_dir, 'train', f'id_{identity:04d}')
-        os.makedirs(folder)
-        prototype = identity_prototype(args.seed, task_index, TRAIN_KEY, identity, args.size, shift)
-        rng = np.random.default_rng([args.seed, task_index, TRAIN_KEY, identity, 1])
-        for i, image in enumerate(draw_images(prototype, args.train, args.noise, rng)):
-            _save_jpeg(image, os.path.join(folder, f'{i:05d}.jpg'))
-        written += args.train
+        written += write_person(f'id_{identity:04d}', TRAIN_KEY, identity, args.train, lambda i: f'{i:05d}.jpg')
     for person in range(args.lfw_people):
         name = person_name(person)
-        folder = os.path.join(task_dir, 'val', name)
-        os.makedirs(folder)
-        prototype = identity_prototype(args.seed, task_index, LFW_KEY, person, args.size, shift)
-        rng = np.random.default_rng([args.seed, task_index, LFW_KEY, person, 1])
-        for i, image in enumerate(draw_images(prototype, args.lfw_images, args.noise, rng)):
-            _save_jpeg(image, os.path.join(folder, f'{name}_{i + 1:04d}.jpg'))
-        written += args.lfw_images
+        written += write_person(name, LFW_KEY, person, args.lfw_images, lambda i: f'{name}_{i + 1:04d}.jpg')
     return written
 
 

@@ -169,10 +169,11 @@ class PhaseContext:
 
     def log_epoch(self, model, task, phase, epoch, train, val, lrs):
         stats = ownership_stats(model, task)
-        self.logger.info('%s task %d epoch %d | train loss %.4f acc %.2f%% | val loss %.4f acc %.2f%% '
+        std = f' ± {100 * val["accuracy_std"]:.2f}' if 'accuracy_std' in val else ''  # LFW folds
+        self.logger.info('%s task %d epoch %d | train loss %.4f acc %.2f%% | val loss %.4f acc %.2f%%%s '
                          '| lr %s | sparsity %.4f | owned %.4f | free %.4f | picked %.4f | width %s',
                          phase, task, epoch, train['loss'], 100 * train['accuracy'], val['loss'],
-                         100 * val['accuracy'], lrs, stats['sparsity'], stats['owned_fraction'],
+                         100 * val['accuracy'], std, lrs, stats['sparsity'], stats['owned_fraction'],
                          stats['free_fraction'], stats['picked_fraction'], model.multiplier)
         if self.is_main:
             append_jsonl(os.path.join(self.args.save_folder, 'log.jsonl'),
