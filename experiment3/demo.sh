@@ -27,7 +27,6 @@ export PRUNE_EPOCHS=${PRUNE_EPOCHS:-2}
 export PRUNING_INTERVAL=${PRUNING_INTERVAL:-1}
 export PRUNING_FREQUENCY=${PRUNING_FREQUENCY:-5}
 export PRUNING_RATIOS=${PRUNING_RATIOS:-0.4 0.8}
-export LR=${LR:-5e-3} PRUNE_LR=${PRUNE_LR:-1e-3}   # SphereNet has no BN: 1e-2 can diverge
 export BASELINE_LR=${BASELINE_LR:-5e-3} BASELINE_LR_gender=${BASELINE_LR_gender:-5e-3}
 export GOAL_MARGIN=${GOAL_MARGIN:-0.05}         # toy accuracies move in steps of a few percent
 export CHECKPOINT_ROOT=${CHECKPOINT_ROOT:-checkpoints/$DEMO_DIR}
