@@ -11,8 +11,8 @@ from utils import engine
 from utils.cifar100_dataset import CifarTasks
 
 # The paper's experiment-1 settings (spec §3.1, §3.8, §7.1).
-DEFAULTS = dict(arch='custom_vgg_cifar100', data_root='data/cifar100_org', num_classes=5, epochs=100,
-                lr=1e-2, lr_mask=5e-4, lr_schedule='milestones', selection='last', goal_margin=0.0,
+DEFAULTS = dict(experiment=1, arch='custom_vgg_cifar100', data_root='data/cifar100_org', num_classes=5,
+                epochs=100, lr=1e-2, lr_mask=5e-4, lr_schedule='milestones', selection='last', goal_margin=0.0,
                 pruning_frequency=10, total_num_tasks=20, baseline_acc_file='logs/baseline_cifar100_acc.txt')
 
 

@@ -16,8 +16,8 @@ from utils.face_dataset import FaceTasks
 # The paper's experiment-3 settings (spec §9.1): plateau schedule with patience 10, best epoch,
 # pruning stages keep only epochs above goal - margin, mask LR 5e-4, pruning every 100 batches.
 # The per-task batch sizes, LRs and margins are set by experiment3/FvGeEm_CPG_face.sh.
-DEFAULTS = dict(arch='spherenet20', data_root='data', num_classes=None, epochs=100, lr=5e-4,
-                lr_mask=5e-4, batch_size=128, lr_schedule='plateau', patience=10, selection='goal',
+DEFAULTS = dict(experiment=3, arch='spherenet20', data_root='data', num_classes=None, epochs=100,
+                lr=5e-4, lr_mask=5e-4, batch_size=128, lr_schedule='plateau', patience=10, selection='goal',
                 goal_margin=0.005, pruning_frequency=100, total_num_tasks=4,
                 baseline_acc_file='logs/baseline_face_acc.txt')
 

@@ -13,8 +13,8 @@ from utils.finegrained_dataset import FineGrainedTasks
 
 # The paper's experiment-2 settings (spec §8.1): plateau schedule, best-epoch selection, a 0.5%
 # goal margin, mask LR 1e-4, pruning every 50 batches; class counts come from the folders.
-DEFAULTS = dict(arch='resnet50', data_root='data', num_classes=None, epochs=300, lr=1e-3, lr_mask=1e-4,
-                lr_schedule='plateau', selection='best', goal_margin=0.005, pruning_frequency=50,
+DEFAULTS = dict(experiment=2, arch='resnet50', data_root='data', num_classes=None, epochs=300, lr=1e-3,
+                lr_mask=1e-4, lr_schedule='plateau', selection='best', goal_margin=0.005, pruning_frequency=50,
                 total_num_tasks=6, baseline_acc_file='logs/baseline_imagenet_acc_resnet50.txt')
 
 

@@ -28,7 +28,10 @@ ALLOW_ACC_LOSS=${ALLOW_ACC_LOSS:-0.0}
 TRAIN_ACC_GATE=${TRAIN_ACC_GATE:-0.95}
 TOTAL_NUM_TASKS=${TOTAL_NUM_TASKS:-${#TASK_LIST[@]}}
 SETTING=${SETTING:-scratch_mul_1.5}
-ROOT=$CHECKPOINT_ROOT/CPG/experiment1/$SETTING/$ARCH
+METHOD=${METHOD:-CPG}                # PAE (experiment1/PAE_cifar100.sh): LEARN_PICK=0 RETRAIN=0
+LEARN_PICK=${LEARN_PICK:-1}          # 0: every earlier weight is used, no pick mask is learned
+RETRAIN=${RETRAIN:-1}                # 0: no retrain phase
+ROOT=$CHECKPOINT_ROOT/$METHOD/experiment1/$SETTING/$ARCH
 mkdir -p logs "$ROOT"
 
 if [ ! -f "$GOALS_FILE" ]; then
@@ -40,6 +43,7 @@ common=(--baseline_acc_file "$GOALS_FILE" --weight_decay "$WEIGHT_DECAY"
         --max_allowed_network_width_multiplier "$MAX_WIDTH" --total_num_tasks "$TOTAL_NUM_TASKS"
         --train_acc_gate "$TRAIN_ACC_GATE" --lr_decay_epochs $LR_DECAY_EPOCHS
         --mask_lr_decay_epochs $MASK_LR_DECAY_EPOCHS)
+if [ "$LEARN_PICK" = 0 ]; then common+=(--no-learn_pick); fi
 
 width=$START_WIDTH   # raw multiplier; only grows. The checkpoint's width wins if it is larger.
 prev=""
@@ -70,7 +74,7 @@ for task in "${TASK_LIST[@]}"; do
     --max_allowed_network_width_multiplier "$MAX_WIDTH" --log_path "$log" || fail "ratio choice of $task" "$?" "$log"
 
   # Picking again: re-learn the pick mask with the surviving weights; keep it only if it helps.
-  if [ -n "$prev" ] && [ "$phase_a" -ne 5 ]; then
+  if [ -n "$prev" ] && [ "$phase_a" -ne 5 ] && [ "$RETRAIN" != 0 ] && [ "$LEARN_PICK" != 0 ]; then
     retrain_stage "$dir" "$task" --epochs "$RETRAIN_EPOCHS" --lr "$RETRAIN_LR" \
       --lr_mask "$RETRAIN_LR_MASK" "${common[@]}"
   fi

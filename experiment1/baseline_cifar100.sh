@@ -19,3 +19,5 @@ for task in "${TASK_LIST[@]}"; do
     --lr_decay_epochs $BASELINE_LR_DECAY_EPOCHS
 done
 echo "accuracy goals written to $GOALS_FILE"
+python tools/baseline_results.py --method scratch --experiment 1 --tasks "${TASK_LIST[@]}" --roots "$ROOT" \
+  --out "${RESULTS_FILE:-logs/scratch_cifar100_results.json}"

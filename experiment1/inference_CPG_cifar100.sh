@@ -6,9 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source experiment1/common.sh
 SETTING=${SETTING:-scratch_mul_1.5}
-ROOT=$CHECKPOINT_ROOT/CPG/experiment1/$SETTING/$ARCH
+METHOD=${METHOD:-CPG}   # PAE: its run's folder (experiment1/PAE_cifar100.sh sets both)
+ROOT=$CHECKPOINT_ROOT/$METHOD/experiment1/$SETTING/$ARCH
 RESULTS_FILE=${RESULTS_FILE:-logs/cifar100_inference_results.json}
 LAST=${TASK_LIST[${#TASK_LIST[@]}-1]}
 mkdir -p logs
 NPROC=1 cpg --mode inference --load_folder "$ROOT/$LAST/gradual_prune" --tasks "${TASK_LIST[@]}" \
-  --results_file "$RESULTS_FILE" --log_path logs/cifar100_inference.log
+  --results_file "$RESULTS_FILE" --method "$METHOD" --log_path "logs/${METHOD}_cifar100_inference.log"

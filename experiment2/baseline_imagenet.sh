@@ -9,6 +9,8 @@
 # Usage: bash experiment2/baseline_imagenet.sh        (rerun to resume; env vars override knobs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+METHOD=${METHOD:-finetune}          # the paper's "Finetune" row; experiment2/scratch_imagenet.sh: scratch
+RESULTS_FILE=${RESULTS_FILE:-logs/${METHOD}_imagenet_results.json}
 source experiment2/common.sh
 BASELINE_EPOCHS=${BASELINE_EPOCHS:-100}
 BASELINE_PATIENCE=${BASELINE_PATIENCE:-10}
@@ -19,6 +21,7 @@ LR_wikiart=${LR_wikiart:-1e-3}
 LR_sketches=${LR_sketches:-1e-3}
 LR=${LR:-1e-3}
 ROOT=$CHECKPOINT_ROOT/baseline/experiment2/$ARCH
+if [ "$METHOD" != finetune ]; then ROOT=$CHECKPOINT_ROOT/$METHOD/experiment2/$ARCH; fi
 mkdir -p logs "$ROOT"
 preflight   # every task's folders and classes, before any training
 
@@ -29,3 +32,5 @@ for task in "${TASK_LIST[@]}"; do
     --lr "$(per_task LR "$task" "$LR")" --patience "$BASELINE_PATIENCE"
 done
 echo "accuracy goals written to $GOALS_FILE"
+python tools/baseline_results.py --method "$METHOD" --experiment 2 --tasks "${TASK_LIST[@]}" --roots "$ROOT" \
+  --out "$RESULTS_FILE"

@@ -10,6 +10,8 @@
 # Usage: bash experiment3/baseline_face.sh        (rerun to resume; env vars override knobs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+METHOD=${METHOD:-finetune}          # the paper's "Finetune" row; experiment3/scratch_face.sh: scratch
+RESULTS_FILE=${RESULTS_FILE:-logs/${METHOD}_face_results.json}
 source experiment3/common.sh
 BASELINE_EPOCHS=${BASELINE_EPOCHS:-100}
 BASELINE_PATIENCE=${BASELINE_PATIENCE:-10}
@@ -18,6 +20,7 @@ BASELINE_BATCH_SIZE=${BASELINE_BATCH_SIZE:-32}
 BASELINE_LR_gender=${BASELINE_LR_gender:-1e-4}
 BASELINE_LR=${BASELINE_LR:-1e-3}                 # emotion, the age folds and any other task
 BASE=$CHECKPOINT_ROOT/baseline/experiment3/$ARCH
+if [ "$METHOD" != finetune ]; then BASE=$CHECKPOINT_ROOT/$METHOD/experiment3/$ARCH; fi
 mkdir -p logs "$BASE"
 preflight   # every task's folders, classes and LFW pairs, before any training
 
@@ -32,3 +35,5 @@ for task in "${PREFLIGHT_TASKS[@]}"; do
     --lr "$(per_task BASELINE_LR "$task" "$BASELINE_LR")" --patience "$BASELINE_PATIENCE"
 done
 echo "accuracy goals written to $GOALS_FILE"
+python tools/baseline_results.py --method "$METHOD" --experiment 3 --tasks "${PREFLIGHT_TASKS[@]}" --roots "$BASE" \
+  --age_task "$AGE_TASK" --out "$RESULTS_FILE"

@@ -3,12 +3,14 @@ import inspect
 
 from .layers import MaskedConv2d, MaskedLayer, MaskedLinear, PerTask  # noqa: F401
 from .multitask import HEAD_KINDS, MultiTaskNet, read_pretrained_state  # noqa: F401
+from .progressive import progressive_resnet50
 from .resnet import resnet50
 from .spherenet import spherenet20
 from .vgg import custom_vgg_cifar100
 
 MODELS = {
     'custom_vgg_cifar100': custom_vgg_cifar100,
+    'progressive_resnet50': progressive_resnet50,
     'resnet50': resnet50,
     'spherenet20': spherenet20,
 }

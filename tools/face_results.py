@@ -53,9 +53,11 @@ def combine(paths, age_task):
     age_mean = sum(r['accuracy'] for r in ages.values()) / len(ages)
     tasks = [dict(first[name]) for name in shared]
     tasks.append({'task': age_task, 'accuracy': age_mean, 'folds': {k: r['accuracy'] for k, r in ages.items()}})
-    combined = {'tasks': tasks, 'age_folds': ages, 'average_accuracy': sum(t['accuracy'] for t in tasks) / len(tasks),
+    combined = {'method': folds[0][0].get('method', 'CPG'), 'experiment': folds[0][0].get('experiment', 3),
+                'tasks': tasks, 'age_folds': ages, 'average_accuracy': sum(t['accuracy'] for t in tasks) / len(tasks),
                 'checkpoints': [res['checkpoint'] for res, _ in folds],
                 'checkpoint_mb': [res['checkpoint_mb'] for res, _ in folds],
+                'compact_mb': [res.get('compact_mb') for res, _ in folds],
                 'shared_tasks_agree': not disagree}
     lines = [f'{"task":<24} {"accuracy %":>15}', '-' * 40]
     for t in tasks[:-1]:

@@ -98,7 +98,11 @@ def get_args_parser(prog, description, defaults, add_flags=None):
     # Pruning
     parser.add_argument('--initial_sparsity', type=float, default=0.0, help='sparsity at the start of the stage')
     parser.add_argument('--target_sparsity', type=float, default=0.1, help='sparsity at the end of the stage')
-    parser.add_argument('--pruning_interval', type=int, default=4, help='epochs over which the sparsity ramps')
+    parser.add_argument('--pruning_interval', type=int, default=4,
+                        help='epochs over which the sparsity ramps; 0 = one-shot pruning before training (PackNet)')
+    parser.add_argument('--prune_lr_decay_epochs', type=int, nargs='*', default=[],
+                        help='pruning stage: LR x --lr_decay_factor after these epochs (PackNet\'s retrain); '
+                             'none = constant LR (CPG)')
     parser.add_argument('--pruning_frequency', type=int, default=10, help='batches between mask updates')
     parser.add_argument('--total_num_tasks', type=int, default=20,
                         help='tasks in the sequence (must-prune rule); 0 disables the rule')
@@ -117,6 +121,8 @@ def get_args_parser(prog, description, defaults, add_flags=None):
                         help='write <save_folder>/resume.pth.tar at most this often (and after the '
                              'last epoch and each saved best epoch); 0 = after every epoch')
     parser.add_argument('--results_file', default=None, help='inference: write the results table as JSON')
+    parser.add_argument('--method', default='CPG',
+                        help='inference: the method named in the results file (CPG, PAE, PackNet, Piggyback, ...)')
     # Runtime
     parser.add_argument('--device', default='auto', help='auto (CUDA if present), cpu, cuda or cuda:N')
     parser.add_argument('--amp', choices=['bf16', 'fp16'], default=None,

@@ -34,15 +34,25 @@ def run_inference(ctx):
                      'network_width_multiplier': info['multiplier'],
                      'pruning_ratio': info.get('pruning_ratio'),
                      'owned_fraction': stats['owned_fraction'],
-                     'picked_fraction': stats['picked_fraction']})
+                     'picked_fraction': stats['picked_fraction'],
+                     'free_fraction': stats['free_fraction']})
         if 'accuracy_std' in val:   # face verification: mean ± std over the 10 LFW folds
             rows[-1].update(accuracy_std=val['accuracy_std'], pairs=val.get('pairs'))
         ctx.logger.info('inference task %d %r: accuracy %.4f (when learned %s)', task, name,
                         val['accuracy'], info.get('accuracy'))
     average = sum(r['accuracy'] for r in rows) / max(len(rows), 1)
-    return EXIT_OK, {'checkpoint': resolve_checkpoint(ckpt_path), 'tasks': rows,
+    return EXIT_OK, {'method': getattr(a, 'method', 'CPG'), 'experiment': getattr(a, 'experiment', None),
+                     'checkpoint': resolve_checkpoint(ckpt_path), 'tasks': rows,
                      'average_accuracy': average, 'checkpoint_mb': size_mb,
-                     'pick_threshold': PICK_THRESHOLD}
+                     'compact_mb': compact_megabytes(model), 'pick_threshold': PICK_THRESHOLD}
+
+
+def compact_megabytes(model):
+    """The model's size as the paper counts it: fp32 shared weights, owner ids at the fewest
+    bits, pick masks at 1 bit per earlier-task entry, per-task norms, biases and heads (the
+    tensors of tools/export.py's file, without the file's metadata)."""
+    from .compact import compact_state_dict  # utils.compact imports utils.checkpoint
+    return sum(t.numel() * t.element_size() for t in compact_state_dict(model).values()) / 2 ** 20
 
 
 def format_results_table(results):

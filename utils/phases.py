@@ -22,7 +22,7 @@ from .manager import build_weight_optimizer
 from .picker import build_pick_optimizer, reset_picks
 from .pruner import GradualPruner
 from .records import read_goal, read_record, reset_record, write_goal, write_record
-from .schedules import ConstantSchedule, build_schedule
+from .schedules import ConstantSchedule, MilestoneSchedule, build_schedule
 from .selection import BestEpoch, build_selection
 
 
@@ -81,7 +81,8 @@ def run_finetune(ctx):
     """Phase A (spec §3.1, §8.1). Returns the exit status (0, 2 widen, 5 owns nothing)."""
     a = ctx.args
     baseline = bool(a.save_goal_file)
-    goal = None if baseline else read_goal(a.baseline_acc_file, a.dataset)  # GoalFileMissing -> 3
+    # GoalFileMissing -> 3; no goal file at all (PackNet, Piggyback): every result is accepted
+    goal = None if baseline or not a.baseline_acc_file else read_goal(a.baseline_acc_file, a.dataset)
 
     # What the run starts from, read cheaply (sidecars): a finished run replays without loading.
     source = checkpoint_info(a.load_folder, 'finish the previous task first') if a.load_folder else None
@@ -111,12 +112,18 @@ def run_finetune(ctx):
     if a.load_folder:
         model = ctx.load_model(a.load_folder, 'finish the previous task first')
     else:
-        model = build_model(a.arch, a.base_width, a.network_width_multiplier,
-                            **model_kwargs(a)).to(ctx.device)
+        try:
+            model = build_model(a.arch, a.base_width, a.network_width_multiplier,
+                                **model_kwargs(a)).to(ctx.device)
+        except ValueError as exc:   # e.g. a width the architecture cannot take
+            raise CPGError(f'--arch {a.arch}: {exc}') from None
     if initial is not None:
         initial = ctx.load_model(a.initial_from, 'train that task\'s baseline first')
     train_loader, val_loader, num_classes = ctx.data.loaders(a.dataset)
-    task = model.add_task(a.dataset, num_classes, width, head=a.head)
+    try:
+        task = model.add_task(a.dataset, num_classes, width, head=a.head)
+    except ValueError as exc:   # e.g. ProgressiveNet cannot grow
+        raise CPGError(f'--arch {a.arch}: cannot add task {a.dataset!r}: {exc}') from None
     if initial is not None:  # every tensor, the head too when the class counts match (spec §7.3)
         state = initial.state_dict()
         if initial.tasks[0]['num_classes'] != num_classes:
@@ -162,21 +169,23 @@ def run_finetune(ctx):
         if ctx.is_main:
             write_goal(a.save_goal_file, a.dataset, acc)
         ctx.logger.info('baseline accuracy of %r: %.4f -> %s', a.dataset, acc, a.save_goal_file)
-        return ctx.finish(signature, EXIT_OK, accuracy=acc)
+        std = (selection.val or {}).get('accuracy_std')   # face verification: over the LFW folds
+        return ctx.finish(signature, EXIT_OK, accuracy=acc, **({} if std is None else {'accuracy_std': std}))
     if a.epochs == 0:  # the paper's ImageNet task: pretrained, evaluated, not trained (spec §5.2)
-        ctx.logger.info('Phase A: %r evaluated without training: val %.4f (goal %.4f)', a.dataset, acc, goal)
+        ctx.logger.info('Phase A: %r evaluated without training: val %.4f (goal %s)', a.dataset, acc, goal)
         return ctx.finish(signature, EXIT_OK if owns else EXIT_NO_CAPACITY, accuracy=acc, width=width)
 
     at_max = width >= a.max_allowed_network_width_multiplier - 1e-9
-    reached = selection.passes_gate() and acc >= goal - a.goal_margin
+    reached = goal is None or (selection.passes_gate() and acc >= goal - a.goal_margin)
     if reached or at_max:
         status = EXIT_OK if owns else EXIT_NO_CAPACITY
-        why = 'goal reached' if reached else 'goal missed at maximum width: accept, must-prune rule applies'
+        why = ('no goal: accepted' if goal is None else 'goal reached' if reached
+               else 'goal missed at maximum width: accept, must-prune rule applies')
     else:
         status = EXIT_WIDEN
         gate = '' if a.selection == 'best' else f', train {train_acc:.4f} vs gate {a.train_acc_gate}'
         why = f'goal missed (val {acc:.4f} vs goal {goal:.4f} - margin {a.goal_margin}{gate}): widen the network and retry'
-    ctx.logger.info('Phase A result after %d epochs: val %.4f (epoch %s) goal %.4f -> %s (exit %d)',
+    ctx.logger.info('Phase A result after %d epochs: val %.4f (epoch %s) goal %s -> %s (exit %d)',
                     trained, acc, selection.epoch, goal, why, status)
     return ctx.finish(signature, status, accuracy=acc, train_accuracy=train_acc, width=width,
                       epoch=selection.epoch)
@@ -198,7 +207,7 @@ def _last_task(ctx, source):
 def _must_prune(ctx, source, task):
     """Required sparsity if the must-prune rule applies (spec §3.3), else None."""
     a = ctx.args
-    if (a.total_num_tasks is None
+    if (a.total_num_tasks is None or not a.baseline_acc_file
             or source['network_width_multiplier'] < a.max_allowed_network_width_multiplier - 1e-9):
         return None
     record = read_record(a.pruning_ratio_to_acc_record_file) if a.pruning_ratio_to_acc_record_file else {}
@@ -216,8 +225,10 @@ def run_prune(ctx):
     source = checkpoint_info(a.load_folder, hint)
     task = _last_task(ctx, source)
     goal = read_goal(a.baseline_acc_file, a.dataset) if a.selection == 'goal' else None
-    goal_sig = {} if goal is None else {'goal': goal}   # unchanged signatures of the other rules
-    signature = ctx.signature('prune', source, **goal_sig, initial_sparsity=a.initial_sparsity,
+    extra_sig = {} if goal is None else {'goal': goal}   # unchanged signatures of the other rules
+    if a.prune_lr_decay_epochs:
+        extra_sig['prune_lr_decay_epochs'] = a.prune_lr_decay_epochs
+    signature = ctx.signature('prune', source, **extra_sig, initial_sparsity=a.initial_sparsity,
                               target_sparsity=a.target_sparsity, pruning_interval=a.pruning_interval,
                               pruning_frequency=a.pruning_frequency,
                               width=source['network_width_multiplier'])
@@ -246,12 +257,18 @@ def run_prune(ctx):
         before = manager.validate()
         ctx.logger.info('prune stage %s -> %s: task %d before pruning val acc %.4f',
                         a.initial_sparsity, a.target_sparsity, task, before['accuracy'])
+        if a.pruning_interval == 0:  # one-shot (PackNet): prune to the target, then retrain
+            pruner.finalize()
+            ctx.logger.info('one-shot pruning to %s before retraining', a.target_sparsity)
 
     def on_best(sel):
         set_task_record(model, task, accuracy=sel.accuracy, pruning_ratio=a.target_sparsity)
         ctx.save(model)
 
-    run_epochs(ctx, 'prune', model, task, manager, sgd, None, ConstantSchedule(a.lr, 0.0, a.epochs),
+    schedule = ConstantSchedule(a.lr, 0.0, a.epochs)
+    if a.prune_lr_decay_epochs:  # PackNet's retrain: x0.1 after these epochs
+        schedule = MilestoneSchedule(a.lr, 0.0, a.epochs, a.prune_lr_decay_epochs, a.lr_decay_factor, [], [])
+    run_epochs(ctx, 'prune', model, task, manager, sgd, None, schedule,
                selection, signature, pruner=pruner, on_fresh=on_fresh, on_best=on_best)
     if selection.val is None:
         pruner.finalize()

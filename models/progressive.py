@@ -1,0 +1,234 @@
+"""Progressive Neural Networks (Rusu et al. 2016, arXiv 1606.04671) on ResNet-50 columns.
+
+Every task gets its own column, a torchvision ResNet-50 (Bottleneck 3/4/6/3, stride on the 3x3,
+1x1 + BN projections) at `base_width`, plus lateral connections from every earlier column
+(Section 2, eq. 2). Earlier columns are frozen: they run in eval mode without a graph, so their
+tasks' logits never change (no forgetting by construction, at the price of a column per task).
+
+Lateral connections, simplified to one adapter per stage boundary: at each of the 5 points p
+(the stem's output, i.e. layer1's input; the outputs of layer1..layer3; layer4's output, i.e. the
+head's input) column k adds, for every earlier column j, A_p^(k:j)(x_p^(j)) to its own x_p^(k):
+
+    h_p^(k) = x_p^(k) + sum_{j<k} ReLU(BN(Conv1x1(x_p^(j))))
+
+where x_p^(j) is column j's own activation at p (before its lateral sum) and the 1x1 conv maps
+column j's channels to column k's. The paper's adapter (Section 2, "Adapters") feeds every layer
+through a learned scalar, a 1x1 projection V and U; here one conv + BN + ReLU per (earlier
+column, stage boundary) does both, BN's weight playing the learned scale.
+
+Engine fit: the columns live in a PerTask container keyed by task (`columns.per_task[str(k)]`,
+adapters inside column k), so task_parameters trains exactly the newest column, its adapters and
+its head. There are no masked layers: nothing is shared, picked, pruned or grown.
+"""
+import torch
+import torch.nn as nn
+
+from .dist_norm import BatchNorm2d
+from .layers import PerTask
+from .multitask import MultiTaskNet, load_pretrained_tensors
+
+BLOCKS = (3, 4, 6, 3)          # Bottleneck blocks per stage (ResNet-50)
+PLANES = (64, 128, 256, 512)   # inner width of each stage at base width 1
+EXPANSION = 4                  # a bottleneck's output is 4x its inner width
+POINTS = ('layer1', 'layer2', 'layer3', 'layer4', 'head')   # where laterals are added (their input)
+
+
+def _conv(in_ch, out_ch, kernel, stride=1, padding=0):
+    conv = nn.Conv2d(in_ch, out_ch, kernel, stride=stride, padding=padding, bias=False)
+    nn.init.kaiming_normal_(conv.weight, mode='fan_out', nonlinearity='relu')  # torchvision's init
+    return conv
+
+
+def _bn(num_features):
+    # an nn.BatchNorm2d; under torchrun the column in training normalizes over the global batch
+    return BatchNorm2d(num_features)
+
+
+class Bottleneck(nn.Module):
+    """torchvision's Bottleneck (v1.5) of plain convs: 1x1 -> 3x3 (stride) -> 1x1, + identity/projection."""
+
+    def __init__(self, in_ch, inner, out, stride, downsample):
+        super().__init__()
+        self.conv1, self.bn1 = _conv(in_ch, inner, 1), _bn(inner)
+        self.conv2, self.bn2 = _conv(inner, inner, 3, stride, 1), _bn(inner)
+        self.conv3, self.bn3 = _conv(inner, out, 1), _bn(out)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = nn.Sequential(_conv(in_ch, out, 1, stride), _bn(out)) if downsample else None
+
+    def forward(self, x):
+        # torchvision's operations in torchvision's order (bit-exact logits); x is never written
+        identity = x
+        out = self.relu(self.bn1(self.conv1(x)))       # (N, inner, H, W)
+        out = self.relu(self.bn2(self.conv2(out)))     # (N, inner, H/s, W/s)
+        out = self.bn3(self.conv3(out))                # (N, out, H/s, W/s)
+        if self.downsample is not None:
+            identity = self.downsample(x)              # (N, out, H/s, W/s)
+        out += identity
+        return self.relu(out)
+
+
+def column_widths(base_width):
+    """(stem, [(inner, out) of each stage]) of a column: int(c * base_width), at least 1."""
+    stem = max(1, int(64 * base_width))
+    return stem, [(max(1, int(p * base_width)), max(1, int(p * EXPANSION * base_width))) for p in PLANES]
+
+
+def adapter(in_ch, out_ch):
+    """A lateral connection: 1x1 conv (no bias) + BN + ReLU from an earlier column's channels."""
+    return nn.Sequential(_conv(in_ch, out_ch, 1), _bn(out_ch), nn.ReLU(inplace=True))
+
+
+class Column(nn.Module):
+    """One task's ResNet-50 (names as torchvision's: conv1, bn1, layer1.0.conv1, ...) and its
+    adapters `laterals[str(j)][point]` from every earlier column j (none for the first column)."""
+
+    def __init__(self, base_width, earlier_columns):
+        super().__init__()
+        stem, stages = column_widths(base_width)
+        self.conv1, self.bn1 = _conv(3, stem, 7, stride=2, padding=3), _bn(stem)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        in_ch = stem
+        for i, ((inner, out), blocks) in enumerate(zip(stages, BLOCKS)):
+            stride = 1 if i == 0 else 2
+            # block 0 always projects, as in torchvision's resnet50 at every width
+            setattr(self, f'layer{i + 1}', nn.Sequential(*[
+                Bottleneck(in_ch if b == 0 else out, inner, out, stride if b == 0 else 1, b == 0)
+                for b in range(blocks)]))
+            in_ch = out
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        # every column has the same widths: the adapters map c -> c at each point
+        channels = [stem] + [out for _, out in stages]
+        self.laterals = nn.ModuleDict({
+            str(j): nn.ModuleDict({point: adapter(c, c) for point, c in zip(POINTS, channels)})
+            for j in range(1, earlier_columns + 1)})
+
+    def _join(self, point, own, earlier):
+        """own activation + every earlier column's adapted activation at `point` (eq. 2)."""
+        for j, points in enumerate(earlier, start=1):
+            own = own + self.laterals[str(j)][point](points[point])
+        return own
+
+    def forward(self, x, earlier, features=True):
+        """({point: own activation}, (N, C) features or None); `earlier`: the points of columns 1..k-1."""
+        points = {'layer1': self.maxpool(self.relu(self.bn1(self.conv1(x))))}   # (N, 64w, H/4, W/4)
+        for i, point in enumerate(POINTS[1:], start=1):
+            stage = getattr(self, f'layer{i}')
+            # layer i's output: (N, 256w, H/4, W/4) ... (N, 2048w, H/32, W/32) for the head
+            points[point] = stage(self._join(f'layer{i}', points[f'layer{i}'], earlier))
+        if not features:
+            return points, None
+        return points, torch.flatten(self.avgpool(self._join('head', points['head'], earlier)), 1)
+
+
+class Columns(PerTask):
+    """The per-task container of the columns: task k's column is `per_task[str(k)]`, so the
+    engine's task_parameters trains it (with its adapters) and nothing of earlier tasks."""
+
+    def __init__(self, base_width):
+        super().__init__(factory=None)
+        self.base_width = base_width
+
+    def add_task(self, task, num_features=None, copy_from=None, device=None):
+        """A fresh column for `task` with adapters from columns 1..task-1 (nothing is copied)."""
+        self.per_task[str(task)] = Column(self.base_width, task - 1).to(device or self._device())
+
+    def forward(self, x):
+        """Features of the active task k: columns 1..k-1 frozen (eval mode, no graph), then column k."""
+        earlier = []
+        for j in range(1, self.active_task):
+            column = self.per_task[str(j)]
+            was_training = column.training
+            column.train(False)   # BN uses, never updates, its running statistics
+            try:
+                with torch.no_grad():
+                    earlier.append(column(x, earlier, features=False)[0])
+            finally:
+                column.train(was_training)
+        return self.per_task[str(self.active_task)](x, earlier)[1]
+
+
+class ProgressiveNet(MultiTaskNet):
+    """Progressive network: a ResNet-50 column per task, laterals from every earlier column."""
+
+    def __init__(self, base_width=1.0, multiplier=1.0):
+        if multiplier != 1.0:
+            raise ValueError(f'{type(self).__name__} has no width multiplier (got {multiplier}): '
+                             'every task gets its own column; use 1.0')
+        super().__init__(base_width, multiplier)
+        self.columns = Columns(base_width)
+
+    # ----- architecture hooks: no masked layer, one per-task module (the columns) -----------------
+    def layer_shapes(self, multiplier):
+        return {}
+
+    def per_task_widths(self, multiplier):
+        return {'columns': self.head_in_features(multiplier)}   # a column's output width
+
+    def head_in_features(self, multiplier):
+        return column_widths(self.base_width)[1][-1][1]   # 2048w
+
+    def widen(self, multiplier):
+        if multiplier != self.multiplier:
+            raise ValueError(f'{type(self).__name__} cannot change its width multiplier '
+                             f'({self.multiplier} -> {multiplier}): a progressive network grows by a '
+                             'column per task; run it with --max_allowed_network_width_multiplier 1.0')
+
+    def add_task(self, name, num_classes, multiplier=None, head='linear'):
+        """Append a task with a fresh column (laterals from every earlier one) and head; its id."""
+        if any(t['name'] == name for t in self.tasks):
+            raise ValueError(f'task {name!r} is already in the model')
+        multiplier = self.multiplier if multiplier is None else multiplier
+        self.widen(multiplier)   # refuses any other multiplier
+        task = len(self.tasks) + 1
+        # the model's device; the first column goes where an empty model would (CPU)
+        device = next(iter(self.parameters()), torch.empty(0)).device
+        self.columns.add_task(task, device=device)
+        self.heads[str(task)] = self.make_head(self.head_in_features(multiplier), num_classes,
+                                               head).to(device)
+        self.tasks.append({'name': name, 'num_classes': num_classes, 'multiplier': multiplier,
+                           'head': head})
+        return task
+
+    def features(self, x):
+        return self.columns(x)   # (N, 2048w)
+
+    @torch.no_grad()
+    def load_pretrained(self, state_dict, task):
+        """Copy a torchvision ResNet-50 state dict into the newest task's column (its laterals
+        keep their init) and fc into its head when shaped alike."""
+        self.require_task(task)
+        if self.base_width != 1.0:
+            raise ValueError('pretrained ResNet-50 weights need BASE_WIDTH 1.0 '
+                             f'(got BASE_WIDTH {self.base_width})')
+        if task != len(self.tasks):
+            # later columns read this one through their laterals: their logits would change
+            raise ValueError(f'task {task} cannot take pretrained weights: tasks up to '
+                             f'{len(self.tasks)} build on its column (load them into the newest task)')
+        column = self.columns.per_task[str(task)]
+        targets = {k: v for k, v in column.state_dict().items() if not k.startswith('laterals.')}
+        optional = {k for k in targets if k.endswith('num_batches_tracked')}
+        features = self.head_in_features(self.multiplier)
+
+        def check_fc():
+            fc_shape = tuple(state_dict['fc.weight'].shape)
+            if len(fc_shape) != 2 or fc_shape[1] != features:  # fc's class count may differ
+                raise ValueError(f"pretrained key 'fc.weight' has shape {fc_shape} but the model "
+                                 f'expects (classes, {features})')
+
+        copied = load_pretrained_tensors(state_dict, targets, 'a torchvision ResNet-50', optional,
+                                         extra=('fc.weight', 'fc.bias'), validate=check_fc)
+        head = self.heads[str(task)]
+        head_from_fc = (isinstance(head, nn.Linear) and head.bias is not None
+                        and tuple(head.weight.shape) == tuple(state_dict['fc.weight'].shape)
+                        and tuple(head.bias.shape) == tuple(state_dict['fc.bias'].shape))
+        if head_from_fc:
+            head.weight.copy_(state_dict['fc.weight'])
+            head.bias.copy_(state_dict['fc.bias'])
+            copied += 2
+        return {'copied': copied, 'head_from_fc': head_from_fc}
+
+
+def progressive_resnet50(base_width=1.0, multiplier=1.0):
+    """Progressive Neural Networks (Rusu et al. 2016) with ResNet-50 columns: experiment 2's comparison."""
+    return ProgressiveNet(base_width=base_width, multiplier=multiplier)
