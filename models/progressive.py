@@ -26,6 +26,7 @@ import torch.nn as nn
 from .dist_norm import BatchNorm2d
 from .layers import PerTask
 from .multitask import MultiTaskNet, load_pretrained_tensors
+from .resnet import Bottleneck
 
 BLOCKS = (3, 4, 6, 3)          # Bottleneck blocks per stage (ResNet-50)
 PLANES = (64, 128, 256, 512)   # inner width of each stage at base width 1
@@ -42,29 +43,6 @@ def _conv(in_ch, out_ch, kernel, stride=1, padding=0):
 def _bn(num_features):
     # an nn.BatchNorm2d; under torchrun the column in training normalizes over the global batch
     return BatchNorm2d(num_features)
-
-
-class Bottleneck(nn.Module):
-    """torchvision's Bottleneck (v1.5) of plain convs: 1x1 -> 3x3 (stride) -> 1x1, + identity/projection."""
-
-    def __init__(self, in_ch, inner, out, stride, downsample):
-        super().__init__()
-        self.conv1, self.bn1 = _conv(in_ch, inner, 1), _bn(inner)
-        self.conv2, self.bn2 = _conv(inner, inner, 3, stride, 1), _bn(inner)
-        self.conv3, self.bn3 = _conv(inner, out, 1), _bn(out)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = nn.Sequential(_conv(in_ch, out, 1, stride), _bn(out)) if downsample else None
-
-    def forward(self, x):
-        # torchvision's operations in torchvision's order (bit-exact logits); x is never written
-        identity = x
-        out = self.relu(self.bn1(self.conv1(x)))       # (N, inner, H, W)
-        out = self.relu(self.bn2(self.conv2(out)))     # (N, inner, H/s, W/s)
-        out = self.bn3(self.conv3(out))                # (N, out, H/s, W/s)
-        if self.downsample is not None:
-            identity = self.downsample(x)              # (N, out, H/s, W/s)
-        out += identity
-        return self.relu(out)
 
 
 def column_widths(base_width):
@@ -93,7 +71,8 @@ class Column(nn.Module):
             stride = 1 if i == 0 else 2
             # block 0 always projects, as in torchvision's resnet50 at every width
             setattr(self, f'layer{i + 1}', nn.Sequential(*[
-                Bottleneck(in_ch if b == 0 else out, inner, out, stride if b == 0 else 1, b == 0)
+                Bottleneck(in_ch if b == 0 else out, inner, out, stride if b == 0 else 1, b == 0,
+                           conv=_conv, norm=_bn)
                 for b in range(blocks)]))
             in_ch = out
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))

@@ -29,19 +29,27 @@ def _conv(in_ch, out_ch, kernel, stride=1, padding=0):
     return MaskedConv2d(in_ch, out_ch, kernel, stride=stride, padding=padding, bias=False, init=CONV_INIT)
 
 
-class Bottleneck(nn.Module):
-    """1x1 -> 3x3 (stride here, torchvision v1.5) -> 1x1, plus the identity or a 1x1 projection."""
+def _per_task_bn(num_features):
+    # sized per task when the task is added (PerTask.add_task), not here
+    return PerTask(_bn2d)
 
-    def __init__(self, in_ch, inner, out, stride, downsample):
+
+class Bottleneck(nn.Module):
+    """1x1 -> 3x3 (stride here, torchvision v1.5) -> 1x1, plus the identity or a 1x1 projection.
+
+    conv(in, out, kernel, stride, padding) and norm(channels) build the layers: masked convs and
+    per-task BN here, plain ones in ProgressiveNet's columns (models/progressive.py)."""
+
+    def __init__(self, in_ch, inner, out, stride, downsample, conv=_conv, norm=_per_task_bn):
         super().__init__()
-        self.conv1 = _conv(in_ch, inner, 1)
-        self.bn1 = PerTask(_bn2d)
-        self.conv2 = _conv(inner, inner, 3, stride, 1)
-        self.bn2 = PerTask(_bn2d)
-        self.conv3 = _conv(inner, out, 1)
-        self.bn3 = PerTask(_bn2d)
+        self.conv1 = conv(in_ch, inner, 1)
+        self.bn1 = norm(inner)
+        self.conv2 = conv(inner, inner, 3, stride, 1)
+        self.bn2 = norm(inner)
+        self.conv3 = conv(inner, out, 1)
+        self.bn3 = norm(out)
         self.relu = nn.ReLU(inplace=True)
-        self.downsample = nn.Sequential(_conv(in_ch, out, 1, stride), PerTask(_bn2d)) if downsample else None
+        self.downsample = nn.Sequential(conv(in_ch, out, 1, stride), norm(out)) if downsample else None
 
     def forward(self, x):
         # the same operations in the same order as torchvision's, so the logits match bit for bit

@@ -388,3 +388,22 @@ def one_line_error(fn, exc=ValueError):
     message = str(info.value)
     assert '\n' not in message, message
     return message
+
+
+def torchvision_resnet50():
+    """A seeded random-init torchvision ResNet-50 (CPU, eval) whose BN tensors all matter (fresh
+    BNs are the identity), to compare a model loaded from its state dict with it."""
+    import torchvision
+    torch.manual_seed(0)
+    net = torchvision.models.resnet50(weights=None)
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                n = m.num_features
+                m.weight.copy_(torch.rand(n, generator=gen) + 0.5)
+                m.bias.copy_(torch.randn(n, generator=gen) * 0.1)
+                m.running_mean.copy_(torch.randn(n, generator=gen) * 0.1)
+                m.running_var.copy_(torch.rand(n, generator=gen) * 1.5 + 0.5)
+                m.num_batches_tracked.fill_(7)
+    return net.eval()

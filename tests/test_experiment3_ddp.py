@@ -24,6 +24,7 @@ def face_data(tmp_path_factory):
 
 
 def _run(data, out, nproc):
+    out.mkdir(parents=True, exist_ok=True)
     (out / 'goals.json').write_text(json.dumps({'face_verification': '0.0000'}))
     env = subprocess_env(
         DATA_ROOT=data, TASKS='face_verification', AGE_FOLDS='', PAIRS_FILE=os.path.join(data, 'lfw_pairs.txt'),

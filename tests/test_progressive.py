@@ -5,11 +5,10 @@ import json
 
 import pytest
 import torch
-import torchvision
 
 import CPG_imagenet_main as cli
 from cpg_testlib import (DEVICE, TensorTasks, fixed_inputs, one_line_error, snapshot, task_logits,
-                         to_device, train_steps)
+                         to_device, torchvision_resnet50, train_steps)
 from models import MODELS, build_model
 from models.progressive import POINTS, ProgressiveNet, progressive_resnet50
 from utils.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
@@ -142,15 +141,7 @@ def test_real_phase_a_keeps_task_1(tmp_path, monkeypatch):
 
 
 def test_pretrained_first_column_equals_torchvision():
-    torch.manual_seed(0)
-    net = torchvision.models.resnet50(weights=None)
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():   # fresh BNs are the identity: make every BN tensor matter
-        for m in net.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.weight.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
-                m.running_mean.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
-                m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+    net = torchvision_resnet50()
     model = progressive_resnet50()
     model.add_task('imagenet', 1000)
     assert model.load_pretrained(net.state_dict(), 1) == {'copied': 320, 'head_from_fc': True}

@@ -1,9 +1,8 @@
 """ResNet-50 (spec §5.2): torchvision-exact forward, pretrained loading, §3.6 widths, growth, init."""
 import pytest
 import torch
-import torchvision
 
-from cpg_testlib import DEVICE, learn_task, one_line_error, task_logits, to_device
+from cpg_testlib import DEVICE, learn_task, one_line_error, task_logits, to_device, torchvision_resnet50
 from models import MODELS, build_model
 from models.layers import MaskedConv2d
 from models.resnet import ResNetMT, read_torchvision_state, resnet50
@@ -19,18 +18,7 @@ def _inputs(n=2, size=64, seed=123):
 @pytest.fixture(scope='module')
 def torchvision_net():
     """Seeded random-init torchvision ResNet-50 (eval) with distinctive BN state, and its state dict."""
-    torch.manual_seed(0)
-    net = torchvision.models.resnet50(weights=None)
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():  # fresh BNs are the identity: make every BN tensor matter
-        for m in net.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                n = m.num_features
-                m.weight.copy_(torch.rand(n, generator=gen) + 0.5)
-                m.bias.copy_(torch.randn(n, generator=gen) * 0.1)
-                m.running_mean.copy_(torch.randn(n, generator=gen) * 0.1)
-                m.running_var.copy_(torch.rand(n, generator=gen) * 1.5 + 0.5)
-                m.num_batches_tracked.fill_(7)
+    net = torchvision_resnet50()
     state = {k: v.clone() for k, v in net.state_dict().items()}
     return net.to(DEVICE).eval(), state
 

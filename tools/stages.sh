@@ -234,18 +234,24 @@ method_inference() {
     --results_file "$RESULTS_FILE" --log_path "$(dirname "$RESULTS_FILE")/${METHOD}_inference.log"
 }
 
-# chain_tasks FLAGS...: every task in turn from the previous task's model (<prev>/scratch), Phase A
-# only: no pruning, no growth (Piggyback, ProgressiveNet). An optional hook chain_flags N TASK sets
-# the array task_extra (task N's own flags, e.g. the first task's pretrained weights), which wins.
+# chain_tasks FLAGS...: every task in turn from the previous task's model, Phase A only: no
+# pruning, no growth (Piggyback, ProgressiveNet; PackNet adds its pruning stage through the hooks).
+# Hooks: chain_flags N TASK sets the array task_extra (task N's own flags, e.g. the first task's
+# pretrained weights; they win); chain_after TASK DIR runs after Phase A; chain_output TASK DIR
+# prints the folder the next task loads (default DIR/scratch).
+chain_after() { :; }
+chain_output() { echo "$2/scratch"; }
 chain_tasks() {
-  local prev="" task dir load n=0
+  local prev_out="" task dir load n=0
   for task in "${TASK_LIST[@]}"; do
     n=$((n + 1))
     dir=$ROOT/$task
-    if [ -f "$dir/DONE" ]; then echo "=== $METHOD: $task already learned, skipping"; prev=$task; continue; fi
+    if [ -f "$dir/DONE" ]; then
+      echo "=== $METHOD: $task already learned, skipping"; prev_out=$(chain_output "$task" "$dir"); continue
+    fi
     mkdir -p "$dir"
     load=()
-    if [ -n "$prev" ]; then load=(--load_folder "$ROOT/$prev/scratch"); fi
+    if [ -n "$prev_out" ]; then load=(--load_folder "$prev_out"); fi
     task_extra=()
     if declare -F chain_flags > /dev/null; then chain_flags "$n" "$task"; fi
     echo "=== $METHOD: task $n/${#TASK_LIST[@]} $task"
@@ -255,54 +261,36 @@ chain_tasks() {
       0|5) ;;   # 5: the task owns no weight (Piggyback's later tasks: they only pick)
       *) fail "$METHOD training of $task" "$stage_status" "$dir/train.log" ;;
     esac
+    chain_after "$task" "$dir"
     touch "$dir/DONE"
-    prev=$task
+    prev_out=$(chain_output "$task" "$dir")
   done
-  method_inference "$ROOT/$prev/scratch"
+  method_inference "$prev_out"
 }
 
-# packnet_chain FLAGS...: PackNet (Mallya & Lazebnik 2018): per task, Phase A on the free weights
-# (FLAGS, and task_extra from the chain_flags hook: epochs, LR, schedule) with every earlier weight
-# used and frozen, no pick, no growth; then one pruning stage: the task's PRUNE_RATIO (or
-# PRUNE_RATIO_<task>; "none": not pruned) of its weights released at once (--pruning_interval 0)
-# before a retrain of PACKNET_RETRAIN_EPOCHS at PACKNET_RETRAIN_LR (x0.1 after the epochs in
-# PACKNET_RETRAIN_DECAY), kept only above train accuracy PACKNET_GATE. The next task loads it.
+# packnet_chain FLAGS...: PackNet (Mallya & Lazebnik 2018) as chain_tasks with a pruning stage:
+# each task's Phase A trains on the free weights with every earlier weight used and frozen (no
+# pick, no growth); then the task's PRUNE_RATIO (or PRUNE_RATIO_<task>; "none": not pruned) of
+# its weights is released at once (--pruning_interval 0) before a retrain of
+# PACKNET_RETRAIN_EPOCHS at PACKNET_RETRAIN_LR (x0.1 after the epochs in PACKNET_RETRAIN_DECAY),
+# kept only above train accuracy PACKNET_GATE. The next task loads the pruned model.
+packnet_ratio() { per_task PRUNE_RATIO "$1" "$PRUNE_RATIO"; }
 packnet_chain() {
-  local prev="" prev_stage="" task dir load ratio n=0
-  for task in "${TASK_LIST[@]}"; do
-    n=$((n + 1))
-    dir=$ROOT/$task
-    ratio=$(per_task PRUNE_RATIO "$task" "$PRUNE_RATIO")
-    if [ -f "$dir/DONE" ]; then
-      echo "=== $METHOD: $task already learned, skipping"
-      prev_stage=$dir/one_shot_prune
-      if [ "$ratio" = none ]; then prev_stage=$dir/scratch; fi
-      continue
-    fi
-    mkdir -p "$dir"
-    load=()
-    if [ -n "$prev_stage" ]; then load=(--load_folder "$prev_stage"); fi
-    task_extra=()
-    if declare -F chain_flags > /dev/null; then chain_flags "$n" "$task"; fi
-    echo "=== $METHOD: task $n/${#TASK_LIST[@]} $task (pruned to $ratio)"
-    run_stage "$dir/scratch" --mode finetune --dataset "$task" ${load[@]+"${load[@]}"} --no-learn_pick \
-      "${no_goal_no_growth[@]}" "$@" ${task_extra[@]+"${task_extra[@]}"} --log_path "$dir/train.log"
-    case $stage_status in 0|5) ;; *) fail "$METHOD training of $task" "$stage_status" "$dir/train.log" ;; esac
-    prev_stage=$dir/scratch
-    if [ "$ratio" != none ]; then
-      run_stage "$dir/one_shot_prune" --mode prune --dataset "$task" --load_folder "$dir/scratch" --no-learn_pick \
-        --initial_sparsity 0.0 --target_sparsity "$ratio" --pruning_interval 0 \
-        --epochs "$PACKNET_RETRAIN_EPOCHS" --lr "$PACKNET_RETRAIN_LR" --prune_lr_decay_epochs $PACKNET_RETRAIN_DECAY \
-        --selection last --train_acc_gate "$PACKNET_GATE" "${no_goal_no_growth[@]}" --log_path "$dir/train.log"
-      case $stage_status in
-        0) ;;
-        6) echo "stopping: $METHOD's retrain of $task after pruning $ratio ended at train accuracy <= $PACKNET_GATE (pruning too much); lower PRUNE_RATIO or raise PACKNET_RETRAIN_EPOCHS (see $dir/train.log)" >&2
-           exit 6 ;;
-        *) fail "$METHOD pruning of $task" "$stage_status" "$dir/train.log" ;;
-      esac
-      prev_stage=$dir/one_shot_prune
-    fi
-    touch "$dir/DONE"
-  done
-  method_inference "$prev_stage"
+  chain_output() { if [ "$(packnet_ratio "$1")" = none ]; then echo "$2/scratch"; else echo "$2/one_shot_prune"; fi; }
+  chain_after() {
+    local task=$1 dir=$2 ratio
+    ratio=$(packnet_ratio "$task")
+    if [ "$ratio" = none ]; then return 0; fi
+    run_stage "$dir/one_shot_prune" --mode prune --dataset "$task" --load_folder "$dir/scratch" --no-learn_pick \
+      --initial_sparsity 0.0 --target_sparsity "$ratio" --pruning_interval 0 \
+      --epochs "$PACKNET_RETRAIN_EPOCHS" --lr "$PACKNET_RETRAIN_LR" --prune_lr_decay_epochs $PACKNET_RETRAIN_DECAY \
+      --selection last --train_acc_gate "$PACKNET_GATE" "${no_goal_no_growth[@]}" --log_path "$dir/train.log"
+    case $stage_status in
+      0) ;;
+      6) echo "stopping: $METHOD's retrain of $task after pruning $ratio ended at train accuracy <= $PACKNET_GATE (pruning too much); lower PRUNE_RATIO or raise PACKNET_RETRAIN_EPOCHS (see $dir/train.log)" >&2
+         exit 6 ;;
+      *) fail "$METHOD pruning of $task" "$stage_status" "$dir/train.log" ;;
+    esac
+  }
+  chain_tasks --no-learn_pick "$@"
 }
