@@ -25,8 +25,8 @@ import torch.nn as nn
 
 from .dist_norm import BatchNorm2d
 from .layers import PerTask
-from .multitask import MultiTaskNet, load_pretrained_tensors
-from .resnet import Bottleneck
+from .multitask import MultiTaskNet
+from .resnet import Bottleneck, load_torchvision_resnet
 
 BLOCKS = (3, 4, 6, 3)          # Bottleneck blocks per stage (ResNet-50)
 PLANES = (64, 128, 256, 512)   # inner width of each stage at base width 1
@@ -187,25 +187,8 @@ class ProgressiveNet(MultiTaskNet):
         column = self.columns.per_task[str(task)]
         targets = {k: v for k, v in column.state_dict().items() if not k.startswith('laterals.')}
         optional = {k for k in targets if k.endswith('num_batches_tracked')}
-        features = self.head_in_features(self.multiplier)
-
-        def check_fc():
-            fc_shape = tuple(state_dict['fc.weight'].shape)
-            if len(fc_shape) != 2 or fc_shape[1] != features:  # fc's class count may differ
-                raise ValueError(f"pretrained key 'fc.weight' has shape {fc_shape} but the model "
-                                 f'expects (classes, {features})')
-
-        copied = load_pretrained_tensors(state_dict, targets, 'a torchvision ResNet-50', optional,
-                                         extra=('fc.weight', 'fc.bias'), validate=check_fc)
-        head = self.heads[str(task)]
-        head_from_fc = (isinstance(head, nn.Linear) and head.bias is not None
-                        and tuple(head.weight.shape) == tuple(state_dict['fc.weight'].shape)
-                        and tuple(head.bias.shape) == tuple(state_dict['fc.bias'].shape))
-        if head_from_fc:
-            head.weight.copy_(state_dict['fc.weight'])
-            head.bias.copy_(state_dict['fc.bias'])
-            copied += 2
-        return {'copied': copied, 'head_from_fc': head_from_fc}
+        return load_torchvision_resnet(self, task, state_dict, targets, optional,
+                                       self.head_in_features(self.multiplier))
 
 
 def progressive_resnet50(base_width=1.0, multiplier=1.0):

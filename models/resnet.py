@@ -140,26 +140,36 @@ class ResNetMT(MultiTaskNet):
             raise ValueError('pretrained ResNet-50 weights need BASE_WIDTH 1.0 and width multiplier 1.0 '
                              f'for the first task (got BASE_WIDTH {self.base_width}, multiplier {m})')
         targets, optional = self.pretrained_targets(task)   # torchvision key -> tensor receiving it
-        features = self.head_in_features(m)   # 2048
+        return load_torchvision_resnet(self, task, state_dict, targets, optional, self.head_in_features(m),
+                                       before_head=lambda: self.claim_free_entries(task))
 
-        def check_fc():
-            fc_shape = tuple(state_dict['fc.weight'].shape)
-            if len(fc_shape) != 2 or fc_shape[1] != features:  # fc's class count may differ
-                raise ValueError(f"pretrained key 'fc.weight' has shape {fc_shape} but the model "
-                                 f'expects (classes, {features})')
 
-        copied = load_pretrained_tensors(state_dict, targets, 'a torchvision ResNet-50', optional,
-                                         extra=('fc.weight', 'fc.bias'), validate=check_fc)
-        self.claim_free_entries(task)
-        head = self.heads[str(task)]
-        head_from_fc = (isinstance(head, nn.Linear) and head.bias is not None   # not other head kinds
-                        and tuple(head.weight.shape) == tuple(state_dict['fc.weight'].shape)
-                        and tuple(head.bias.shape) == tuple(state_dict['fc.bias'].shape))
-        if head_from_fc:   # e.g. the task has ImageNet's 1000 classes; otherwise the fresh head stays
-            head.weight.copy_(state_dict['fc.weight'])
-            head.bias.copy_(state_dict['fc.bias'])
-            copied += 2
-        return {'copied': copied, 'head_from_fc': head_from_fc}
+@torch.no_grad()
+def load_torchvision_resnet(model, task, state_dict, targets, optional, features, before_head=None):
+    """Copy a torchvision ResNet-50 state dict into `targets` (key -> tensor of `model`), fc
+    into task `task`'s head when its shape fits (`features`: the head's input width, 2048w):
+    ResNetMT's task and ProgressiveNet's column. Every key and shape is checked before anything
+    is copied (one-line ValueError)."""
+
+    def check_fc():
+        fc_shape = tuple(state_dict['fc.weight'].shape)
+        if len(fc_shape) != 2 or fc_shape[1] != features:  # fc's class count may differ
+            raise ValueError(f"pretrained key 'fc.weight' has shape {fc_shape} but the model "
+                             f'expects (classes, {features})')
+
+    copied = load_pretrained_tensors(state_dict, targets, 'a torchvision ResNet-50', optional,
+                                     extra=('fc.weight', 'fc.bias'), validate=check_fc)
+    if before_head is not None:
+        before_head()
+    head = model.heads[str(task)]
+    head_from_fc = (isinstance(head, nn.Linear) and head.bias is not None   # not other head kinds
+                    and tuple(head.weight.shape) == tuple(state_dict['fc.weight'].shape)
+                    and tuple(head.bias.shape) == tuple(state_dict['fc.bias'].shape))
+    if head_from_fc:   # e.g. the task has ImageNet's 1000 classes; otherwise the fresh head stays
+        head.weight.copy_(state_dict['fc.weight'])
+        head.bias.copy_(state_dict['fc.bias'])
+        copied += 2
+    return {'copied': copied, 'head_from_fc': head_from_fc}
 
 
 read_torchvision_state = read_pretrained_state   # the name experiment 2's code and tests import
