@@ -253,6 +253,7 @@ def test_kill_9_at_any_moment_then_rerun_gives_the_same_result(reference, toy_da
     assert repeated <= len(kills), f'{repeated} epochs trained twice over {len(kills)} kills'
 
 
+@pytest.mark.long   # ~4 min on 2 cores; CI keeps the torchrun runs of experiments 2 and 3
 def test_torchrun_nproc_2_ends_like_one_process(reference, toy_data, tmp_path):
     """NPROC=2 launches every stage through torchrun (gloo on CPU): torchrun reports statuses 2 and
     6 as 1, yet the script still grows task 2 and stops its pruning, as the reference does."""
