@@ -33,12 +33,13 @@ LEARN_PICK=${LEARN_PICK:-1}          # 0: every earlier weight is used, no pick 
 RETRAIN=${RETRAIN:-1}                # 0: no retrain phase
 ROOT=$CHECKPOINT_ROOT/$METHOD/experiment1/$SETTING/$ARCH
 mkdir -p logs "$ROOT"
+lock_run "$ROOT"   # one run per checkpoint root
 
 if [ ! -f "$GOALS_FILE" ]; then
   echo "accuracy goal file $GOALS_FILE not found: run experiment1/baseline_cifar100.sh first" >&2
   exit 3
 fi
-preflight --goals_file "$GOALS_FILE"   # every task's data and goal, before hours of training
+preflight --goals_file "$GOALS_FILE" --fractions ALLOW_ACC_LOSS="$ALLOW_ACC_LOSS"   # data, goals, knobs: before hours of training
 common=(--baseline_acc_file "$GOALS_FILE" --weight_decay "$WEIGHT_DECAY"
         --max_allowed_network_width_multiplier "$MAX_WIDTH" --total_num_tasks "$TOTAL_NUM_TASKS"
         --train_acc_gate "$TRAIN_ACC_GATE" --lr_decay_epochs $LR_DECAY_EPOCHS
@@ -69,7 +70,7 @@ for task in "${TASK_LIST[@]}"; do
 
   # The choice copies the chosen stage's checkpoint to gradual_prune/ (what the next task loads);
   # stage checkpoints stay until the task is DONE, so that every step above can be replayed.
-  python tools/choose_appropriate_pruning_ratio_for_next_task.py --task_folder "$dir" --dataset "$task" \
+  run_child python tools/choose_appropriate_pruning_ratio_for_next_task.py --task_folder "$dir" --dataset "$task" \
     --baseline_acc_file "$GOALS_FILE" --allow_acc_loss "$ALLOW_ACC_LOSS" \
     --max_allowed_network_width_multiplier "$MAX_WIDTH" --log_path "$log" || fail "ratio choice of $task" "$?" "$log"
 

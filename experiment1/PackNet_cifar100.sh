@@ -14,10 +14,11 @@ LR=${LR:-1e-2}                                  # training on the free weights (
 PRUNE_RATIO=${PRUNE_RATIO:-0.6}
 PACKNET_RETRAIN_EPOCHS=${PACKNET_RETRAIN_EPOCHS:-30}
 PACKNET_RETRAIN_LR=${PACKNET_RETRAIN_LR:-1e-3}
-PACKNET_RETRAIN_DECAY=${PACKNET_RETRAIN_DECAY:-$((PACKNET_RETRAIN_EPOCHS * 25 / 30))}
+PACKNET_RETRAIN_DECAY=${PACKNET_RETRAIN_DECAY:-$(milestones "$PACKNET_RETRAIN_EPOCHS" 25/30)}
 PACKNET_GATE=${PACKNET_GATE:-0.97}
 RESULTS_FILE=${RESULTS_FILE:-logs/PackNet_cifar100_results.json}
 ROOT=$CHECKPOINT_ROOT/$METHOD/experiment1/$ARCH
 mkdir -p logs "$ROOT"
+lock_run "$ROOT"
 preflight
 packnet_chain --epochs "$FINETUNE_EPOCHS" --lr "$LR" --lr_decay_epochs $LR_DECAY_EPOCHS --weight_decay 4e-5

@@ -12,12 +12,13 @@ source experiment1/common.sh
 METHOD=Piggyback
 LR=${LR:-1e-2}                                     # task 1, as CPG's Phase A (x0.1 after 50% and 80%)
 PIGGYBACK_EPOCHS=${PIGGYBACK_EPOCHS:-30}
-PIGGYBACK_DECAY=${PIGGYBACK_DECAY:-$((PIGGYBACK_EPOCHS / 2))}
+PIGGYBACK_DECAY=${PIGGYBACK_DECAY:-$(milestones "$PIGGYBACK_EPOCHS" 50)}
 PIGGYBACK_LR_MASK=${PIGGYBACK_LR_MASK:-1e-4}
 PIGGYBACK_LR=${PIGGYBACK_LR:-1e-3}                 # later tasks' BatchNorm and head
 RESULTS_FILE=${RESULTS_FILE:-logs/Piggyback_cifar100_results.json}
 ROOT=$CHECKPOINT_ROOT/$METHOD/experiment1/$ARCH
 mkdir -p logs "$ROOT"
+lock_run "$ROOT"
 preflight
 
 chain_flags() {   # task 1 trains its weights; later tasks only pick (they own no weight: exit 5)

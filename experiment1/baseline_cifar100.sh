@@ -8,9 +8,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source experiment1/common.sh
 LR=${LR:-1e-2}
-BASELINE_LR_DECAY_EPOCHS="$((BASELINE_EPOCHS * 50 / 100)) $((BASELINE_EPOCHS * 80 / 100))"
 ROOT=$CHECKPOINT_ROOT/baseline/experiment1/$ARCH
 mkdir -p logs "$ROOT"
+lock_run "$ROOT"
 preflight   # every task's train/test folders and class count, before any training
 
 for task in "${TASK_LIST[@]}"; do

@@ -23,13 +23,14 @@ SEED=${SEED:-1}
 WORKERS=${WORKERS:-}
 NPROC=${NPROC:-1}
 RESUME_EVERY_MINUTES=${RESUME_EVERY_MINUTES:-10}   # resume-state writes: at most this often, and after a stage
-# Learning-rate milestones scale with the epoch budget: 50%/80% (weights), 50%/70% (pick masks).
-LR_DECAY_EPOCHS="$((FINETUNE_EPOCHS * 50 / 100)) $((FINETUNE_EPOCHS * 80 / 100))"
-MASK_LR_DECAY_EPOCHS="$((FINETUNE_EPOCHS * 50 / 100)) $((FINETUNE_EPOCHS * 70 / 100))"
 
 START_WIDTH=${START_WIDTH:-1.0}
 VAL_FRACTION=${VAL_FRACTION:-0}   # > 0: hold out this share of each class's train images for every selection
 MAIN=CPG_cifar100_main.py
 DATA_FLAGS=(--num_classes "$NUM_CLASSES")
-PREFLIGHT_FLAGS=(--num_classes "$NUM_CLASSES")
+PREFLIGHT_FLAGS=(--num_classes "$NUM_CLASSES" --image_size 32)   # VGG16-BN's CIFAR variant takes 32x32
 source tools/stages.sh
+# Learning-rate milestones scale with the epoch budget: 50%/80% (weights), 50%/70% (pick masks).
+LR_DECAY_EPOCHS=$(milestones "$FINETUNE_EPOCHS" 50 80)
+MASK_LR_DECAY_EPOCHS=$(milestones "$FINETUNE_EPOCHS" 50 70)
+BASELINE_LR_DECAY_EPOCHS=$(milestones "$BASELINE_EPOCHS" 50 80)

@@ -13,8 +13,8 @@ RUNS=${RUNS:-5}
 FIRST_LR=${FIRST_LR:-1e-2}
 FINETUNE_LR=${FINETUNE_LR:-5e-3}
 FINETUNE_DIR=${FINETUNE_DIR:-logs}     # goal files per run, fine-Avg / fine-Max goals and results files
-BASELINE_LR_DECAY_EPOCHS="$((BASELINE_EPOCHS * 50 / 100)) $((BASELINE_EPOCHS * 80 / 100))"
 mkdir -p logs "$FINETUNE_DIR"
+lock_run "$CHECKPOINT_ROOT/finetune"   # every run's folder
 preflight   # every task's train/test folders and class count, before any training
 
 for run in $(seq 1 "$RUNS"); do

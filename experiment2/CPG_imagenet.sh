@@ -45,13 +45,14 @@ ALLOW_ACC_LOSS=${ALLOW_ACC_LOSS:-0.0}         # --auto picks: tolerated accuracy
 ROOT=$CHECKPOINT_ROOT/CPG/experiment2/$ARCH
 SCRIPT=experiment2/CPG_imagenet.sh
 mkdir -p logs "$ROOT"
+lock_run "$ROOT"
 
 check_target "$TARGET_TASK_ID"
 if [ ! -f "$GOALS_FILE" ]; then
   echo "accuracy goal file $GOALS_FILE not found: run experiment2/baseline_imagenet.sh first, or set GOALS_FILE=experiment2/goals_piggyback_resnet50.txt" >&2
   exit 3
 fi
-preflight --goals_file "$GOALS_FILE"   # every task's data and goal, before days of training
+preflight --goals_file "$GOALS_FILE" --fractions GOAL_MARGIN="$GOAL_MARGIN" ALLOW_ACC_LOSS="$ALLOW_ACC_LOSS"   # before days of training
 common=(--baseline_acc_file "$GOALS_FILE" --weight_decay "$WEIGHT_DECAY" --goal_margin "$GOAL_MARGIN"
         --max_allowed_network_width_multiplier "$MAX_WIDTH" --total_num_tasks "${#TASK_LIST[@]}"
         --patience "$PATIENCE")

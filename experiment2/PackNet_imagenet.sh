@@ -13,7 +13,7 @@ source experiment2/common.sh
 METHOD=PackNet
 PACKNET_EPOCHS=${PACKNET_EPOCHS:-20}
 PACKNET_LR=${PACKNET_LR:-1e-3}
-PACKNET_DECAY=${PACKNET_DECAY:-$((PACKNET_EPOCHS / 2))}
+PACKNET_DECAY=${PACKNET_DECAY:-$(milestones "$PACKNET_EPOCHS" 50)}
 PRUNE_RATIO=${PRUNE_RATIO:-0.75}
 PRUNE_RATIO_imagenet=${PRUNE_RATIO_imagenet:-0.5}
 last=${TASK_LIST[${#TASK_LIST[@]}-1]}
@@ -25,6 +25,7 @@ PACKNET_RETRAIN_DECAY=${PACKNET_RETRAIN_DECAY-}
 PACKNET_GATE=${PACKNET_GATE:-0}
 ROOT=$CHECKPOINT_ROOT/$METHOD/experiment2/$ARCH
 mkdir -p logs "$ROOT"
+lock_run "$ROOT"
 preflight
 
 chain_flags() {   # task 1 from PRETRAINED_PATH (a 1000-class task is only evaluated)

@@ -14,11 +14,12 @@ METHOD=Piggyback
 FINETUNE_EPOCHS=${FINETUNE_EPOCHS:-300}            # task 1 when it is trained (no PRETRAINED_PATH)
 LR=${LR:-1e-3}                                     # task 1 when trained (plateau schedule)
 PIGGYBACK_EPOCHS=${PIGGYBACK_EPOCHS:-30}
-PIGGYBACK_DECAY=${PIGGYBACK_DECAY:-$((PIGGYBACK_EPOCHS / 2))}
+PIGGYBACK_DECAY=${PIGGYBACK_DECAY:-$(milestones "$PIGGYBACK_EPOCHS" 50)}
 PIGGYBACK_LR_MASK=${PIGGYBACK_LR_MASK:-1e-4}
 PIGGYBACK_LR=${PIGGYBACK_LR:-1e-3}
 ROOT=$CHECKPOINT_ROOT/$METHOD/experiment2/$ARCH
 mkdir -p logs "$ROOT"
+lock_run "$ROOT"
 preflight
 
 chain_flags() {   # task 1: pretrained (or trained); later tasks only pick (they own no weight)

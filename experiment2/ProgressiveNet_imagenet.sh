@@ -20,6 +20,7 @@ LR_stanford_cars_cropped=${LR_stanford_cars_cropped:-1e-2}
 LR=${LR:-1e-3}
 ROOT=$CHECKPOINT_ROOT/$METHOD/experiment2/$ARCH
 mkdir -p logs "$ROOT"
+lock_run "$ROOT"
 preflight
 
 chain_flags() {   # column 1 from PRETRAINED_PATH (a 1000-class task is only evaluated)

@@ -23,6 +23,7 @@ LR=${LR:-1e-3}
 ROOT=$CHECKPOINT_ROOT/baseline/experiment2/$ARCH
 if [ "$METHOD" != finetune ]; then ROOT=$CHECKPOINT_ROOT/$METHOD/experiment2/$ARCH; fi
 mkdir -p logs "$ROOT"
+lock_run "$ROOT"
 preflight   # every task's folders and classes, before any training
 
 for task in "${TASK_LIST[@]}"; do

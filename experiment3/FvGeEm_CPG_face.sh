@@ -56,11 +56,19 @@ if [ -n "$AGE_FOLD" ]; then   # task 4 of one fold: the prefix, then this fold's
   TARGET_TASK_ID=${#TASK_LIST[@]}
 fi
 check_target "$TARGET_TASK_ID"
+if [ -n "$AGE_FOLD" ]; then   # folds write only their own task folder: they may run side by side
+  lock_run "$ROOT" shared
+  lock_run "$ROOT/${TASK_LIST[$TARGET_TASK_ID-1]}"
+else
+  lock_run "$ROOT"
+fi
 if [ ! -f "$GOALS_FILE" ]; then
   echo "accuracy goal file $GOALS_FILE not found: run experiment3/baseline_face.sh first, or set GOALS_FILE=experiment3/goals_paper_face.txt" >&2
   exit 3
 fi
-preflight --goals_file "$GOALS_FILE"   # every task's data, pairs and goal, before days of training
+fractions=(ALLOW_ACC_LOSS="$ALLOW_ACC_LOSS")
+for task in "${PREFLIGHT_TASKS[@]}"; do fractions+=("GOAL_MARGIN_$task=$(task_setting GOAL_MARGIN "$task")"); done
+preflight --goals_file "$GOALS_FILE" --fractions "${fractions[@]}"   # data, pairs, goals, knobs: before days of training
 num_tasks=${#TASK_LIST[@]}
 if [ -z "$AGE_FOLD" ] && [ ${#AGE_TASKS[@]} -gt 0 ]; then num_tasks=$((num_tasks + 1)); fi
 common=(--baseline_acc_file "$GOALS_FILE" --weight_decay "$WEIGHT_DECAY" --patience "$PATIENCE"

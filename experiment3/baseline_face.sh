@@ -22,6 +22,7 @@ BASELINE_LR=${BASELINE_LR:-1e-3}                 # emotion, the age folds and an
 BASE=$CHECKPOINT_ROOT/baseline/experiment3/$ARCH
 if [ "$METHOD" != finetune ]; then BASE=$CHECKPOINT_ROOT/$METHOD/experiment3/$ARCH; fi
 mkdir -p logs "$BASE"
+lock_run "$BASE"
 preflight   # every task's folders, classes and LFW pairs, before any training
 
 for task in "${PREFLIGHT_TASKS[@]}"; do

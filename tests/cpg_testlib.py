@@ -268,6 +268,19 @@ def make_toy_data(out, tasks=3, train=300, test=40, **flags):
     return str(out)
 
 
+def contradict_test_split(data_root, task, layout='cifar'):
+    """Copy the first test image of class_0 of `task` into its class_1 test folder as well: no
+    model classifies both copies right, so test accuracy stays below 1.0 and a goal of 1.0 (the
+    largest goal a goal file may hold) is missed on every device. Returns the copy's path."""
+    import shutil
+    split = (os.path.join(data_root, 'test', task) if layout == 'cifar'
+             else os.path.join(data_root, task, 'test'))
+    first = sorted(os.listdir(os.path.join(split, 'class_0')))[0]
+    copy = os.path.join(split, 'class_1', 'contradiction' + os.path.splitext(first)[1])
+    shutil.copyfile(os.path.join(split, 'class_0', first), copy)
+    return copy
+
+
 def subprocess_env(**extra):
     """Environment for CLI / script subprocesses: one OpenMP thread, this interpreter first on
     PATH, and DEVICE (the experiment scripts' knob) set to the test device."""

@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from utils.cifar100_dataset import CifarTasks
-from utils.data import EpochKeyedSampler, WorkerSeeder, make_loader, seed_loader_epoch
+from utils.data import EpochKeyedSampler, WorkerSeeder, make_loader, seed_loader_epoch, train_sampler
 from utils.distributed import Distributed, RankSeededSampler
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -57,7 +57,7 @@ def test_epoch_batches_depend_only_on_seed_and_epoch(small_toy, workers):
     loader = _train_loader(small_toy, workers)
     assert loader.num_workers == workers
     # keyed samples: train workers live across epochs and stay exact
-    assert isinstance(loader.sampler, EpochKeyedSampler) and loader.persistent_workers == (workers > 0)
+    assert isinstance(train_sampler(loader), EpochKeyedSampler) and loader.persistent_workers == (workers > 0)
     continued = [_epoch(loader, epoch) for epoch in range(4)]
     torch.manual_seed(12345)  # another process's history of the global RNG
     resumed = _epoch(_train_loader(small_toy, workers), 3)

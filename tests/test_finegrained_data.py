@@ -216,18 +216,29 @@ def test_provider_errors(root, tmp_path):
 
 
 def test_one_process_sees_the_ranks_global_batches(root):
-    """Global batch 4: the 2 ranks' batches of 2 together are one process's, crops included."""
+    """Global batch 4: the 2 ranks' batches of 2 together are one process's, crops included.
+    18 images leave each rank a last batch of ONE (9 = 4 x 2 + 1), which joins the rank's batch
+    before it (BatchNorm cannot train on one sample): the ranks' last batch of 3 + 3 is then one
+    process's last two batches (4 + 2), in the same order."""
     def batches(dist):
         loader = FineGrainedTasks(_args(root, batch_size=4), 'cpu', dist).loaders('flowers')[0]
         return _epoch(loader, 1)
 
+    def interleave(k):
+        (x0, y0), (x1, y1) = ranks[0][k], ranks[1][k]
+        return torch.stack([x0, x1], dim=1).flatten(0, 1), torch.stack([y0, y1], dim=1).flatten()
+
     single = batches(None)
     ranks = [batches(Distributed(rank, rank, 2, 'cpu', 'gloo')) for rank in (0, 1)]
-    assert len(single) == len(ranks[0]) == len(ranks[1]) == 5  # 18 images: 4.5 global batches
-    for k, (images, labels) in enumerate(single[:-1]):
-        (x0, y0), (x1, y1) = ranks[0][k], ranks[1][k]
-        assert torch.equal(labels, torch.stack([y0, y1], dim=1).flatten())
-        assert torch.equal(images, torch.stack([x0, x1], dim=1).flatten(0, 1))
+    assert [len(y) for _, y in single] == [4, 4, 4, 4, 2]
+    assert [len(y) for _, y in ranks[0]] == [len(y) for _, y in ranks[1]] == [2, 2, 2, 3]
+    for k, (images, labels) in enumerate(single[:3]):
+        ranked_images, ranked_labels = interleave(k)
+        assert torch.equal(labels, ranked_labels)
+        assert torch.equal(images, ranked_images)
+    ranked_images, ranked_labels = interleave(3)
+    assert torch.equal(torch.cat([single[3][1], single[4][1]]), ranked_labels)
+    assert torch.equal(torch.cat([single[3][0], single[4][0]]), ranked_images)
 
 
 @pytest.mark.slow  # starts loader worker processes

@@ -60,6 +60,11 @@ def stage(folder, key):
     return os.path.join(folder, sub, 'checkpoint.pth.tar')
 
 
+def rel(folder, key):
+    """chosen.json's `source` of `key`: the stage checkpoint relative to the task folder."""
+    return os.path.relpath(stage(folder, key), folder)
+
+
 def promoted(folder):
     return os.path.join(folder, 'gradual_prune', 'checkpoint.pth.tar')
 
@@ -147,7 +152,7 @@ def test_pick_by_hand_then_repick(tmp_path, how, capsys):
     with open(promoted(folder), 'rb') as a, open(stage(folder, '0.4'), 'rb') as b:
         assert a.read() == b.read()
     assert chosen_json(folder) == {'task': 'cubs', 'chosen_pruning_ratio': 0.4, 'accuracy': 0.79, 'goal': 0.8,
-                                   'network_width_multiplier': 1.0, 'source': stage(folder, '0.4'),
+                                   'network_width_multiplier': 1.0, 'source': rel(folder, '0.4'),
                                    'picked_by': 'hand'}
 
     # the table now marks the choice (and still the rule's suggestion)
@@ -168,22 +173,27 @@ def test_pick_by_hand_then_repick(tmp_path, how, capsys):
     assert out.splitlines()[1].startswith('note: cubs is marked DONE')
     assert checkpoint_id(promoted(folder)) == stage_ids['0.0']
     chosen = chosen_json(folder)
-    assert (chosen['chosen_pruning_ratio'], chosen['source'], chosen['goal']) == (0.0, stage(folder, '0.0'), None)
+    assert (chosen['chosen_pruning_ratio'], chosen['source'], chosen['goal']) == (0.0, rel(folder, '0.0'), None)
     assert {key: checkpoint_id(stage(folder, key)) for key in stage_ids} == stage_ids
     assert not [name for name in os.listdir(os.path.join(folder, 'gradual_prune')) if name.endswith('.tmp')]
 
 
 @pytest.mark.parametrize('how', HOW)
-def test_pick_relative_task_folder_records_an_absolute_source(tmp_path, how, capsys, monkeypatch):
-    """The bash script reads chosen.json['source'] from its own working directory."""
+def test_pick_records_the_source_relative_to_the_task_folder(tmp_path, how, capsys, monkeypatch):
+    """chosen.json['source'] is relative to the task folder, whatever the working directory: a
+    whole run folder can be moved (the bash script joins it with the task folder)."""
     folder, _ = make_task(tmp_path)
     relative = os.path.relpath(folder, REPO)
     if how == 'in_process':
         monkeypatch.chdir(REPO)
     rc, out, err = run_tool(['--task_folder', relative, '--ratio', '0.2'], how, capsys)
     assert rc == 0, err
-    assert chosen_json(folder)['source'] == stage(folder, '0.2')
+    assert chosen_json(folder)['source'] == os.path.join('gradual_prune', '0.2', 'checkpoint.pth.tar')
     assert checkpoint_id(promoted(folder)) == checkpoint_id(stage(folder, '0.2'))
+    moved = tmp_path / 'moved'
+    shutil.move(str(tmp_path / 'cubs'), str(moved))   # the same pick from the moved folder: in place
+    rc, out, err = run_tool(['--task_folder', str(moved), '--ratio', '0.2'], how, capsys)
+    assert rc == 0 and '(already in place)' in out, err
 
 
 # ----- --auto: experiment 1's rule, the same choice as the old chooser ----------------------------------
@@ -217,8 +227,7 @@ def test_auto_equals_the_old_chooser(tmp_path, how, capsys, multiplier, record, 
     assert rc == 0 and err == '', err
     assert f'picked sparsity {expected or "0.0"} for cubs (automatic rule)' in out
     mine, old = chosen_json(folder), chosen_json(twin)
-    assert mine['source'] == stage(folder, expected or '0.0')
-    assert os.path.relpath(mine.pop('source'), folder) == os.path.relpath(old.pop('source'), twin)
+    assert mine['source'] == rel(folder, expected or '0.0')
     assert mine == old and mine['picked_by'] == 'auto'
     assert checkpoint_id(promoted(folder)) == checkpoint_id(promoted(twin)) \
         == checkpoint_id(stage(folder, expected or '0.0'))

@@ -22,9 +22,10 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from utils.cli import run_tool  # noqa: E402
+from utils.errors import CPGError  # noqa: E402
 from utils.logger import setup_logger  # noqa: E402
 from utils.ratio_choice import choose_ratio, is_at_max_width, promote, task_width  # noqa: E402,F401
-from utils.records import read_goal, read_record  # noqa: E402
+from utils.records import check_fraction, read_goal, read_record  # noqa: E402
 
 
 def get_args_parser():
@@ -41,6 +42,9 @@ def get_args_parser():
 
 def main(args):
     logger = setup_logger(args.log_path, name='chooser')
+    problem = check_fraction('--allow_acc_loss (ALLOW_ACC_LOSS)', args.allow_acc_loss)
+    if problem:
+        raise CPGError(problem)
     goal = read_goal(args.baseline_acc_file, args.dataset)
     record = read_record(os.path.join(args.task_folder, 'gradual_prune', 'record.txt'))
     width = task_width(args.task_folder, args.dataset)

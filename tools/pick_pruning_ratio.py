@@ -31,7 +31,7 @@ from utils.cli import ArgumentParser, run_tool  # noqa: E402
 from utils.errors import CPGError  # noqa: E402
 from utils.ratio_choice import (choose_ratio, format_record_table, is_at_max_width, promote,  # noqa: E402
                                 read_choice, stage_checkpoint, task_width)
-from utils.records import ratio_key, read_goal, read_record  # noqa: E402
+from utils.records import check_fraction, ratio_key, read_goal, read_record  # noqa: E402
 
 TOOL = 'tools/pick_pruning_ratio.py'
 
@@ -149,6 +149,9 @@ def print_table(args, task, record):
 
 
 def main(args):
+    problem = check_fraction('--allow_acc_loss (ALLOW_ACC_LOSS)', args.allow_acc_loss)
+    if problem:
+        raise CPGError(problem)
     task = task_name(args)
     key = parse_ratio(args.ratio) if args.ratio is not None else None
     record = load_record(args.task_folder)

@@ -30,8 +30,8 @@ from utils.face_dataset import DEFAULT_PAIRS_FILE, VERIFICATION_TASK, lfw_root  
 from utils.face_dataset import split_dir as face_split_dir  # noqa: E402
 from utils.finegrained_dataset import split_dir as finegrained_split_dir  # noqa: E402
 from utils.errors import CPGError  # noqa: E402
-from utils.folder_tasks import class_folders, has_image  # noqa: E402
-from utils.records import read_goals  # noqa: E402
+from utils.folder_tasks import class_folders, has_image, image_names  # noqa: E402
+from utils.records import check_fraction, goal_problems_of, read_goals  # noqa: E402
 from utils.verification import pairs_problems  # noqa: E402
 
 DATA_HINT = ('set DATA_ROOT, TASKS and NUM_CLASSES to match the data, or prepare it '
@@ -75,9 +75,15 @@ def get_args_parser():
                         help='face layout: the LFW pairs list of the verification task')
     parser.add_argument('--verification_task', default=VERIFICATION_TASK,
                         help='face layout: the task whose val folder is the LFW tree')
+    parser.add_argument('--image_size', type=int, default=None,
+                        help='cifar layout: the side every image must have (32: experiment 1\'s VGG16-BN '
+                             'flattens a 1x1 map after 5 poolings); the first image of each class is checked')
     # Goals
     parser.add_argument('--goals_file', default=None,
-                        help='accuracy-goal JSON; when given, every task needs a goal there')
+                        help='accuracy-goal JSON; when given, every task needs a goal in [0, 1] there')
+    parser.add_argument('--fractions', nargs='*', default=[], metavar='KNOB=VALUE',
+                        help='knobs that must be fractions in [0, 1) (GOAL_MARGIN=0.005 ALLOW_ACC_LOSS=0.0 ...), '
+                             'checked with the goals')
     return parser
 
 
@@ -197,12 +203,62 @@ def goal_problems(goals_file, tasks):
     if not os.path.isfile(goals_file):
         return [f'no goal file {goals_file}']
     try:
-        goals = read_goals(goals_file)  # the parser the training stages use
+        goals = read_goals(goals_file, check=False)  # the parser the training stages use
     except CPGError:
         return [f'cannot read goal file {goals_file} (not a JSON object of task -> accuracy)']
     except (OSError, TypeError) as exc:  # no read permission; a null or list value
         return [f'cannot read goal file {goals_file} ({exc})']
     return [f'{task}: no goal in {goals_file}' for task in dict.fromkeys(tasks) if task not in goals]
+
+
+def goal_value_problems(goals_file, tasks):
+    """Each task's goal outside [0, 1] (a percentage such as 65.8 where 0.658 is meant)."""
+    try:
+        goals = read_goals(goals_file, check=False)
+    except (CPGError, OSError, TypeError):
+        return []   # reported by goal_problems
+    wanted = dict.fromkeys(tasks)
+    return goal_problems_of(goals_file, {t: g for t, g in goals.items() if t in wanted})
+
+
+def fraction_problems(pairs):
+    """Each KNOB=VALUE of `pairs` whose value is not a fraction in [0, 1)."""
+    problems = []
+    for pair in pairs:
+        name, _, value = pair.partition('=')
+        problem = check_fraction(name, value)
+        if problem:
+            problems.append(problem)
+    return problems
+
+
+def image_size_problems(data_root, tasks, size, splits):
+    """cifar layout: the first image of every class folder must be size x size pixels."""
+    from PIL import Image
+    problems = []
+    for task in dict.fromkeys(tasks):
+        for split in splits:
+            task_dir = task_split_dir(data_root, task, split)
+            for name in class_folders(task_dir):
+                folder = os.path.join(task_dir, name)
+                first = next(iter(image_names(folder)), None)
+                if first is None:
+                    continue   # reported by data_problems
+                path = os.path.join(folder, first)
+                try:
+                    with Image.open(path) as img:
+                        width, height = img.size   # the header only: nothing is decoded
+                except (OSError, ValueError) as exc:
+                    problems.append(f'{task}: cannot read image {path} ({exc})')
+                    break
+                if (width, height) != (size, size):
+                    problems.append(f'{task}: images are {width}x{height} ({path}), the model takes '
+                                    f'{size}x{size}; resize them to {size}x{size}')
+                    break
+            else:
+                continue
+            break
+    return problems
 
 
 def check_tasks(data_root, tasks, num_classes, goals_file=None, splits=('train', 'test'),
@@ -216,12 +272,13 @@ def check_tasks(data_root, tasks, num_classes, goals_file=None, splits=('train',
     problems = data_problems(data_root, tasks, num_classes, splits, layout,
                              pairs_file=pairs_file, verification_task=verification_task)
     if goals_file is not None:
-        problems += goal_problems(goals_file, tasks)
+        problems += goal_problems(goals_file, tasks) + goal_value_problems(goals_file, tasks)
     return problems
 
 
-def error_line(data, goals, layout='cifar'):
-    """The one stderr line: every problem, then what to do."""
+def error_line(data, goals, layout='cifar', values=()):
+    """The one stderr line: every problem, then what to do (`values`: out-of-range values, whose
+    problem text says the expected form)."""
     data_hint = {'finegrained': FINEGRAINED_DATA_HINT, 'face': FACE_DATA_HINT}.get(layout, DATA_HINT)
     baseline = {'finegrained': 'experiment2/baseline_imagenet.sh',
                 'face': 'experiment3/baseline_face.sh'}.get(layout)
@@ -229,7 +286,8 @@ def error_line(data, goals, layout='cifar'):
     if baseline:
         goal_hint = goal_hint.replace('experiment1/baseline_cifar100.sh', baseline)
     hints = [hint for hint, needed in ((data_hint, data), (goal_hint, goals)) if needed]
-    line = f'error: preflight: {"; ".join(data + goals)}; to fix: {", and ".join(hints)}; nothing was trained'
+    fix = f'; to fix: {", and ".join(hints)}' if hints else ''
+    line = f'error: preflight: {"; ".join(list(data) + list(goals) + list(values))}{fix}; nothing was trained'
     return line.replace('\n', ' ')
 
 
@@ -255,9 +313,14 @@ def main(args):
     found, pairs = {}, {}
     data = data_problems(args.data_root, args.tasks, num_classes, tuple(args.splits), args.layout, found,
                          args.pairs_file, args.verification_task, pairs)
-    goals = goal_problems(args.goals_file, args.tasks) if args.goals_file is not None else []
-    if data or goals:
-        sys.stderr.write(error_line(data, goals, args.layout) + '\n')
+    if args.image_size is not None and args.layout == 'cifar' and not data:
+        data += image_size_problems(args.data_root, args.tasks, args.image_size, args.splits)
+    goals, values = [], fraction_problems(args.fractions)
+    if args.goals_file is not None:
+        goals = goal_problems(args.goals_file, args.tasks)
+        values = goal_value_problems(args.goals_file, args.tasks) + values
+    if data or goals or values:
+        sys.stderr.write(error_line(data, goals, args.layout, values) + '\n')
         return 1
     if num_classes is None:
         classes = 'classes ' + ', '.join(f'{task} {found.get(task)}' for task in dict.fromkeys(args.tasks))

@@ -3,14 +3,92 @@
 # flags of every stage) and PREFLIGHT_FLAGS, then sources this file. The experiment scripts hold
 # only their settings and the order of the phases; how a phase runs, grows and resumes is here.
 
+# ----- one run per checkpoint root, and signals that reach the running stage --------------------
+# run_child CMD...: CMD as a child of this script whose INT/TERM reach it. Bash runs a trap only
+# after a FOREGROUND child ends, so Ctrl-C (or `kill <script pid>`) would leave the stage running
+# as an orphan; a background child + `wait` lets the trap forward the signal at once. The child
+# (a background job: it ignores SIGINT) gets SIGTERM, which ends it where it stands: every file
+# it wrote is whole (atomic writes), and its resume state is the last one written.
+_child=""
+_running="the run"
+run_child() {
+  "$@" &
+  _child=$!
+  local rc=0
+  wait "$_child" || rc=$?
+  _child=""
+  return "$rc"
+}
+_on_signal() {
+  trap - INT TERM
+  if [ -n "$_child" ]; then
+    local ranks=""
+    if [ "${NPROC:-1}" -gt 1 ]; then ranks=$(cat /proc/"$_child"/task/*/children 2> /dev/null || true); fi
+    if [ -n "$ranks" ]; then
+      # torchrun answers a signal with a traceback of its own: end torchrun, then its ranks
+      kill -KILL "$_child" 2> /dev/null || true
+      kill -TERM $ranks 2> /dev/null || true
+    else
+      kill -TERM "$_child" 2> /dev/null || true
+    fi
+    wait "$_child" 2> /dev/null || true
+  fi
+  echo "interrupted ($1) during $_running: what finished is kept; rerun the same command (bash $0, same settings) to resume" >&2
+  kill -s "$1" "$$"   # end as killed by the signal, so that a calling script stops too
+}
+trap '_on_signal INT' INT
+trap '_on_signal TERM' TERM
+
+# lock_holders FILE: " <pid>..." of the processes that have FILE open (the lock's holders), this
+# script excepted. Helper processes of the search itself are gone when the pids are checked.
+lock_holders() {
+  local pid found
+  found=$(find /proc/[0-9]*/fd -maxdepth 1 -lname "$(readlink -f "$1")" 2> /dev/null | cut -d/ -f3 | sort -un)
+  for pid in $found; do
+    if [ "$pid" != $$ ] && kill -0 "$pid" 2> /dev/null; then printf ' %s' "$pid"; fi
+  done
+}
+
+# lock_run DIR [shared]: this run holds DIR (its method's checkpoint root) until it ends; a second
+# run on DIR stops with one line naming the holder. flock(1) locks an open file: the kernel
+# releases it when the last holder ends, even by kill -9, so a lock is never stale. The stages
+# inherit the descriptor: an orphaned stage keeps the folder locked while it still writes.
+# `shared`: runs that write only below DIR in folders of their own (experiment 3's age folds)
+# may hold DIR together; an exclusive holder excludes them all.
+lock_run() {
+  local dir=$1 mode=${2:-exclusive} fd holders pid
+  mkdir -p "$dir"
+  exec {fd}>> "$dir/.lock"
+  if ! flock -n "$([ "$mode" = shared ] && echo -s || echo -x)" "$fd"; then
+    holders=""
+    while read -r pid; do   # the scripts that took the lock, if they still run
+      if [ -n "$pid" ] && kill -0 "$pid" 2> /dev/null; then holders="$holders $pid"; fi
+    done < "$dir/.lock"
+    if [ -z "$holders" ]; then holders=$(lock_holders "$dir/.lock"); fi   # e.g. an orphaned stage
+    echo "error: another run is using $dir (process${holders:- unknown}); wait for it to end, stop it, or give this run its own CHECKPOINT_ROOT" >&2
+    exit 1
+  fi
+  if [ "$mode" = shared ]; then echo "$$" >> "$dir/.lock"; else echo "$$" > "$dir/.lock"; fi
+}
+
 # cpg ARGS...: the entry script with the common flags; NPROC > 1 launches torchrun (DDP).
 cpg() {
   local launcher=(python)
-  if [ "$NPROC" -gt 1 ]; then launcher=(torchrun --standalone --nproc_per_node="$NPROC"); fi
+  if [ "$NPROC" -gt 1 ]; then
+    # torchrun answers Ctrl-C with warnings and a traceback of its own: it runs in a session of its
+    # own, which the terminal's SIGINT does not reach (the trap below stops it), and it ends with
+    # this script (--pdeathsig), even when the script is killed with -9. Its start-up warnings
+    # (the OMP_NUM_THREADS notice) show at VERBOSE=1.
+    launcher=(env LOGLEVEL="${LOGLEVEL:-$([ "${VERBOSE:-0}" = 1 ] && echo WARNING || echo ERROR)}"
+              torchrun --standalone --nproc_per_node="$NPROC")
+    if command -v setsid > /dev/null && command -v setpriv > /dev/null; then
+      launcher=(setsid setpriv --pdeathsig TERM "${launcher[@]}")
+    fi
+  fi
   local optional=()   # empty knobs keep the entry script's default (experiment 3: batch per task)
   if [ -n "${WORKERS:-}" ]; then optional+=(--workers "$WORKERS"); fi
   if [ -n "${BATCH_SIZE:-}" ]; then optional+=(--batch_size "$BATCH_SIZE"); fi
-  "${launcher[@]}" "$MAIN" --arch "$ARCH" --data_root "$DATA_ROOT" --device "$DEVICE" \
+  run_child "${launcher[@]}" "$MAIN" --arch "$ARCH" --data_root "$DATA_ROOT" --device "$DEVICE" \
     --val_batch_size "$VAL_BATCH_SIZE" --base_width "$BASE_WIDTH" \
     --seed "$SEED" --val_fraction "$VAL_FRACTION" --resume_every_minutes "$RESUME_EVERY_MINUTES" \
     ${optional[@]+"${optional[@]}"} ${DATA_FLAGS[@]+"${DATA_FLAGS[@]}"} "$@"
@@ -25,6 +103,7 @@ run_stage() {
   local save=$1; shift
   rm -f "$save/exit_status"
   local rc=0
+  _running=$save
   cpg --save_folder "$save" "$@" || rc=$?
   stage_status=$rc
   if [ -f "$save/exit_status" ]; then
@@ -43,14 +122,29 @@ preflight() {
   local splits=() tasks=("${TASK_LIST[@]}")
   if [ -n "${PREFLIGHT_TASKS+x}" ]; then tasks=("${PREFLIGHT_TASKS[@]}"); fi
   if awk -v f="$VAL_FRACTION" 'BEGIN { exit !(f > 0) }'; then splits=(--splits train); fi
-  python tools/preflight.py --data_root "$DATA_ROOT" --tasks "${tasks[@]}" "${splits[@]}" \
+  run_child python tools/preflight.py --data_root "$DATA_ROOT" --tasks "${tasks[@]}" "${splits[@]}" \
     ${PREFLIGHT_FLAGS[@]+"${PREFLIGHT_FLAGS[@]}"} "$@"
 }
 
 # Atomically write a small text file (a kill -9 leaves the old content or the new one).
-write_file() { printf '%s\n' "$2" > "$1.tmp" && mv -f "$1.tmp" "$1"; }
+write_file() { local tmp="$1.$$-$RANDOM.tmp"; printf '%s\n' "$2" > "$tmp" && mv -f "$tmp" "$1"; }
 fail() { echo "stopping: $1 exited with status $2 (see $3)" >&2; exit "$2"; }
 max() { awk -v a="$1" -v b="$2" 'BEGIN { print (a > b) ? a : b }'; }
+
+# milestones EPOCHS SHARE...: LR milestones at these shares of an epoch budget (a percentage, or
+# N/D), never at epoch 0 (a milestone at 0 would decay the LR before the first step):
+# max(1, EPOCHS * SHARE). A budget of 1 epoch puts them at 1, past its end: it trains at full LR.
+milestones() {
+  local epochs=$1 share num den at out=()
+  shift
+  for share in "$@"; do
+    num=${share%%/*}; den=100
+    if [ "$share" != "$num" ]; then den=${share#*/}; fi
+    at=$(( epochs * num / den ))
+    out+=("$(( at > 0 ? at : 1 ))")
+  done
+  echo "${out[*]}"
+}
 
 # per_task VAR TASK DEFAULT: the value of ${VAR}_<task> (non-alphanumerics as _) if set, else DEFAULT.
 per_task() {
@@ -110,11 +204,11 @@ pruning_stages() {
 retrain_stage() {
   local dir=$1 task=$2; shift 2
   local chosen
-  chosen=$(python -c 'import json, sys; print(json.load(open(sys.argv[1]))["source"])' "$dir/gradual_prune/chosen.json")
+  chosen=$dir/$(python -c 'import json, sys; print(json.load(open(sys.argv[1]))["source"])' "$dir/gradual_prune/chosen.json")
   run_stage "$dir/retrain" --mode finetune --finetune_again --dataset "$task" --load_folder "$chosen" \
     --log_path "$dir/train.log" "$@"
   [ "$stage_status" -eq 0 ] || fail "retrain of $task" "$stage_status" "$dir/train.log"
-  python tools/choose_retrain_or_not.py --task_folder "$dir" --log_path "$dir/train.log" \
+  run_child python tools/choose_retrain_or_not.py --task_folder "$dir" --log_path "$dir/train.log" \
     || fail "retrain choice of $task" "$?" "$dir/train.log"
 }
 
@@ -195,7 +289,7 @@ run_sequence() {
       if [ -f "$dir/gradual_prune/chosen.json" ]; then
         echo "=== $task: keeping the pruning ratio picked before"
       else
-        python tools/pick_pruning_ratio.py --task_folder "$dir" --dataset "$task" --baseline_acc_file "$GOALS_FILE" \
+        run_child python tools/pick_pruning_ratio.py --task_folder "$dir" --dataset "$task" --baseline_acc_file "$GOALS_FILE" \
           --auto --allow_acc_loss "$ALLOW_ACC_LOSS" --max_allowed_network_width_multiplier "$MAX_WIDTH" \
           --log_path "$dir/train.log" || fail "ratio choice of $task" "$?" "$dir/train.log"
       fi
@@ -210,11 +304,11 @@ run_sequence() {
   if [ -f "$dir/DONE" ]; then
     # learned and picked by an `all` run, whose stage copies are gone: nothing to redo
     echo "=== task $target ($task) is already learned (DONE); its record:"
-    python tools/pick_pruning_ratio.py --task_folder "$dir" --dataset "$task" --baseline_acc_file "$GOALS_FILE"
+    run_child python tools/pick_pruning_ratio.py --task_folder "$dir" --dataset "$task" --baseline_acc_file "$GOALS_FILE"
     return 0
   fi
   learn_task "$target"
-  python tools/pick_pruning_ratio.py --task_folder "$dir" --dataset "$task" --baseline_acc_file "$GOALS_FILE" \
+  run_child python tools/pick_pruning_ratio.py --task_folder "$dir" --dataset "$task" --baseline_acc_file "$GOALS_FILE" \
     --allow_acc_loss "$ALLOW_ACC_LOSS" --max_allowed_network_width_multiplier "$MAX_WIDTH"
   echo "=== task $target ($task) learned. Pick its pruning ratio from the table above:"
   echo "  $(pick_command "$dir")"

@@ -6,6 +6,8 @@ multiplier, accuracy when learned, pruning ratio) + the model state dict + whate
 masks are bit-packed over earlier tasks' entries, and a float pick mask only exists for the task in
 training (resume files). A JSON sidecar `<file>.json` holds the same metadata for bash and humans.
 """
+import errno
+import glob
 import json
 import os
 import shutil
@@ -37,18 +39,84 @@ def _fsync_dir(path):
         os.close(fd)
 
 
-def atomic_write(path, write):
+def is_disk_full(exc):
+    """True when `exc` or an exception it chains is 'no space left' (torch.save reports a full
+    disk as a RuntimeError whose context is the OSError)."""
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+class DiskFull(CPGError):
+    """A write ran out of space; the temporary file is gone and the old file is intact."""
+
+    def __init__(self, path, needed=None):
+        folder = os.path.dirname(os.path.abspath(path))
+        try:
+            free = f'{shutil.disk_usage(folder).free / 2 ** 20:.1f} MB free'
+        except OSError:
+            free = 'free space unknown'
+        size = f'about {needed / 2 ** 20:.1f} MB' if needed else 'more space'
+        super().__init__(f'no space left on the device writing {path}: it needs {size}, {free} in '
+                         f'{folder}; free some space and rerun (what was saved before is intact)')
+
+
+def _remove_quietly(path):
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
+def _remove_stale_temps(path):
+    """Temp files of `path` left by a process that no longer runs (kill -9 while writing)."""
+    for tmp in glob.glob(glob.escape(path) + '.*.tmp'):
+        pid = os.path.basename(tmp)[len(os.path.basename(path)) + 1:].split('-')[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            _remove_quietly(tmp)
+        except OSError:   # alive under another user: not ours to remove
+            pass
+
+
+def atomic_write(path, write, size_hint=None):
     """Write `path` through write(file object) into a temp file, fsync it, rename it into place.
 
-    A reader (or a rerun after kill -9) sees the old file or the new one, never a torn one.
+    A reader (or a rerun after kill -9) sees the old file or the new one, never a torn one. The
+    temp file's name is unique per process (`<path>.<pid>-<random>.tmp`), so two writers never
+    share one; temp files of dead processes are removed first. A full disk raises DiskFull (one
+    line; `size_hint`: the bytes the file needs) after removing the temp file.
     """
-    tmp = f'{path}.tmp'
-    with open(tmp, 'wb') as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    _remove_stale_temps(path)
+    tmp = f'{path}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp'
+    try:
+        with open(tmp, 'wb') as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        _remove_quietly(tmp)
+        if is_disk_full(exc):
+            raise DiskFull(path, size_hint) from None
+        raise
     _fsync_dir(path)
+
+
+def tensor_bytes(obj):
+    """Bytes of every tensor inside nested dicts / lists / tuples (a checkpoint's size, nearly)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(tensor_bytes(v) for v in obj)
+    return 0
 
 
 def atomic_write_json(path, obj):
@@ -92,7 +160,7 @@ def save_checkpoint(path, model, arch, frozen=True, model_state=None, meta_extra
     if model_state is None:
         model_state = frozen_state_dict(model) if frozen else model.state_dict()
     state = dict(meta, model=model_state, **extra)
-    atomic_write(path, lambda f: torch.save(state, f))
+    atomic_write(path, lambda f: torch.save(state, f), size_hint=tensor_bytes(state))
     atomic_write_json(f'{path}.json', meta)
     return os.path.getsize(path)
 
@@ -162,7 +230,8 @@ def copy_checkpoint(src, dst):
     for suffix in ('', '.json'):
         if os.path.exists(src + suffix):
             with open(src + suffix, 'rb') as source:
-                atomic_write(dst + suffix, lambda f: shutil.copyfileobj(source, f, 16 << 20))
+                atomic_write(dst + suffix, lambda f: shutil.copyfileobj(source, f, 16 << 20),
+                             size_hint=os.path.getsize(src + suffix))
     return True
 
 

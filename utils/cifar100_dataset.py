@@ -19,6 +19,7 @@ from utils.errors import CPGError
 
 SPLITS = ('train', 'test')
 PAD = 4  # zero padding of the random crop (spec §6.1)
+IMAGE_SIZE = 32  # the CIFAR variant of VGG16-BN flattens the 1x1 map left after 5 poolings
 
 
 def _subfolders(path):
@@ -94,6 +95,9 @@ class TaskImageFolder(EpochKeyedDataset):
         arrays = []
         for path in tqdm(files, desc=f'loading {split}/{task}', unit='img', disable=None):
             array = _decode(path)  # (H, W, 3)
+            if not arrays and array.shape[:2] != (IMAGE_SIZE, IMAGE_SIZE):
+                raise CPGError(f'images of task {task!r} are {array.shape[1]}x{array.shape[0]} ({path}); '
+                               f'experiment 1\'s VGG16-BN takes {IMAGE_SIZE}x{IMAGE_SIZE} images: resize them')
             if arrays and array.shape != arrays[0].shape:
                 raise CPGError(f'image {path} has size {array.shape[:2]} but {files[0]} has '
                                f'{arrays[0].shape[:2]}; all images of a task must have one size')

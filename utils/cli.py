@@ -35,6 +35,9 @@ def run_tool(main, parser):
     from .records import GoalFileMissing
     try:
         sys.exit(main(parser.parse_args()))
+    except KeyboardInterrupt:
+        sys.stderr.write('interrupted\n')
+        sys.exit(130)
     except GoalFileMissing as exc:
         sys.stderr.write(f'error: {exc}\n')
         sys.exit(3)

@@ -61,7 +61,7 @@ class PhaseContext:
         a = self.args
         sig = {name: getattr(a, name, None) for name in SIGNATURE_ARGS}
         sig.update({name: getattr(a, name) for name in EXPERIMENT_SIGNATURE_ARGS if hasattr(a, name)})
-        sig.update(phase=phase, load_folder=_norm(a.load_folder),
+        sig.update(phase=phase, load_folder=_relative(a.load_folder, a.save_folder),
                    input_checkpoint=None if source is None else source.get('checkpoint_id'))
         sig.update(extra)
         # short id of this run, in every log.jsonl line and result.json: which run wrote what
@@ -133,7 +133,27 @@ class PhaseContext:
     # ----- model helpers ----------------------------------------------------------------------
     def load_model(self, folder, hint):
         ckpt = load_checkpoint(folder, map_location='cpu', hint=hint)
-        return model_from_checkpoint(ckpt, self.device)
+        model = model_from_checkpoint(ckpt, self.device)
+        self.use_stored_shape(model, folder)
+        return model
+
+    def use_stored_shape(self, model, folder):
+        """A loaded model keeps the base width and constructor settings (e.g. SphereNet's image
+        size) it was built with; a different flag says so in one line, and the data provider
+        follows the model's image size."""
+        a = self.args
+        if a.base_width != model.base_width:
+            self.logger.warning('BASE_WIDTH %s differs from the %s stored in %s: using %s, the width '
+                                'the model was built with', a.base_width, model.base_width, folder,
+                                model.base_width)
+        for name, value in model.model_kwargs().items():
+            given = getattr(a, name, value)
+            if given != value:
+                self.logger.warning('%s %s differs from the %s stored in %s: using %s, what the model '
+                                    'was built for', name.upper(), given, value, folder, value)
+                setattr(a, name, value)
+                if hasattr(self.data, name):
+                    setattr(self.data, name, value)
 
     def manager(self, model, task, train_loader, val_loader, net=None):
         """The Manager of `task`, with the loss and evaluator of its head kind."""
@@ -181,16 +201,24 @@ class PhaseContext:
                           'train': train, 'val': val, 'lr': lrs, **stats})
 
 
-def _norm(path):
-    return os.path.normpath(path) if path else None
+def _relative(path, start):
+    """`path` relative to `start` (the stage's own folder): a signature that names its input this
+    way still matches after the whole run folder moved (and the input's checkpoint id, also in the
+    signature, still says whether it is the same file)."""
+    if not path:
+        return None
+    if not start:
+        return os.path.normpath(path)
+    return os.path.relpath(os.path.abspath(path), os.path.abspath(start))
 
 
 def file_identity(path):
-    """A cheap identity of an input file that is not a checkpoint of ours (pretrained weights)."""
+    """A cheap identity of an input file that is not a checkpoint of ours (pretrained weights):
+    its name, size and modification time, not where the run or the file is."""
     if not path:
         return None
     stat = os.stat(path)
-    return {'path': os.path.abspath(path), 'size': stat.st_size, 'mtime': int(stat.st_mtime)}
+    return {'name': os.path.basename(path), 'size': stat.st_size, 'mtime': int(stat.st_mtime)}
 
 
 def set_task_record(model, task, **fields):

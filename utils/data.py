@@ -266,40 +266,80 @@ class EpochKeyedSampler(Sampler):
 
 
 # ----- loaders ---------------------------------------------------------------------------------------
-def make_loader(dataset, batch_size, shuffle, workers, device, seed, drop_last=False,
-                sampler=None, rank=0):
+class TrainBatchSampler(Sampler):
+    """Batches of `batch_size` indices (or keys) of `sampler`, in its order, never a batch of one.
+
+    BatchNorm cannot normalise one sample in training once a feature map is 1x1 ("Expected more
+    than 1 value per channel"). Dropping such a last sample would lose a different image every
+    epoch; instead a last batch of ONE joins the batch before it (batch_size + 1 samples), so every
+    image is seen in every epoch. Under DDP every rank's shard has the same length
+    (DistributedSampler pads), so all ranks merge alike and take the same number of steps.
+    """
+
+    def __init__(self, sampler, batch_size):
+        self.sampler, self.batch_size = sampler, batch_size
+
+    def __iter__(self):
+        full, batch = None, []
+        for index in self.sampler:
+            batch.append(index)
+            if len(batch) == self.batch_size:
+                if full is not None:
+                    yield full
+                full, batch = batch, []
+        if len(batch) == 1 and full is not None:
+            full, batch = full + batch, []
+        if full is not None:
+            yield full
+        if batch:
+            yield batch
+
+    def __len__(self):
+        full, rest = divmod(len(self.sampler), self.batch_size)
+        return full if (rest == 1 and full) else full + (rest > 0)
+
+
+def train_sampler(loader):
+    """The sampler that orders a train loader's samples (inside its TrainBatchSampler)."""
+    batches = getattr(loader, 'batch_sampler', None)
+    return batches.sampler if isinstance(batches, TrainBatchSampler) else loader.sampler
+
+
+def make_loader(dataset, batch_size, shuffle, workers, device, seed, sampler=None, rank=0):
     """Build a DataLoader whose order and augmentation are fixed by `seed` (and seed_loader_epoch).
 
-    A loader that shuffles, or takes a `sampler`, is a train loader: its workers are started anew
-    each epoch so that seed_loader_epoch can seed them (any dataset; build_train_loader makes
-    persistent ones for keyed datasets). An ordered loader (evaluation) keeps its workers alive
-    between passes; it draws no random numbers. Pinned memory on CUDA.
+    A loader that shuffles, or takes a `sampler`, is a train loader: its batches never hold a
+    single sample (TrainBatchSampler), and its workers are started anew each epoch so that
+    seed_loader_epoch can seed them (any dataset; build_train_loader makes persistent ones for
+    keyed datasets). An ordered loader (evaluation) keeps its workers alive between passes; it
+    draws no random numbers. Pinned memory on CUDA.
     """
     generator = torch.Generator()
     generator.manual_seed(seed)
     train = shuffle or sampler is not None
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=shuffle,
-        sampler=sampler,
-        num_workers=workers,
-        pin_memory=(torch.device(device).type == 'cuda'),
-        persistent_workers=workers > 0 and not train,
-        worker_init_fn=WorkerSeeder(rank),
-        generator=generator,
-        drop_last=drop_last,
-    )
+    common = dict(num_workers=workers, pin_memory=(torch.device(device).type == 'cuda'),
+                  worker_init_fn=WorkerSeeder(rank), generator=generator)
+    if not train:
+        return DataLoader(dataset, batch_size=batch_size, shuffle=False,
+                          persistent_workers=workers > 0, **common)
+    if sampler is None:
+        sampler = torch.utils.data.RandomSampler(dataset, generator=generator)
+    return DataLoader(dataset, batch_sampler=TrainBatchSampler(sampler, batch_size),
+                      persistent_workers=False, **common)
 
 
 def per_rank_batch(batch_size, dist=None):
-    """The per-rank share of the global `batch_size`; CPGError when it does not divide."""
+    """The per-rank share of the global `batch_size`; CPGError when it does not divide, or when
+    it leaves a rank one sample per batch (BatchNorm cannot train on that)."""
     world = dist.world_size if dist is not None else 1
     if batch_size < 1:
         raise CPGError(f'--batch_size must be at least 1, got {batch_size}')
     if batch_size % world:
         raise CPGError(f'--batch_size {batch_size} (the global batch) is not divisible by the '
                        f'{world} ranks; use a multiple of {world} (--nproc_per_node / NPROC)')
+    if batch_size // world < 2:
+        raise CPGError(f'--batch_size {batch_size} over {world} rank(s) trains on batches of one image, '
+                       f'which BatchNorm cannot normalise; use BATCH_SIZE >= {2 * world}')
     return batch_size // world
 
 
@@ -310,7 +350,8 @@ def build_train_loader(dataset, batch_size, workers, device, seed, dist=None):
     shard of the same permutation (rank r's i-th sample is global position world * i + r), in
     batches of batch_size // world, so the ranks' k-th batches together are exactly the k-th
     batch of one process (augmentation included, see EpochKeyedDataset). Shards are padded to
-    equal length (DistributedSampler, drop_last=False).
+    equal length (DistributedSampler, drop_last=False). A last batch of one sample joins the
+    batch before it (TrainBatchSampler): no batch of one, no image left out of an epoch.
 
     An EpochKeyedDataset gets an EpochKeyedSampler and persistent workers (the epoch seed
     travels with every index; the datasets draw nothing from a worker's global RNG once a
@@ -320,19 +361,20 @@ def build_train_loader(dataset, batch_size, workers, device, seed, dist=None):
     per_rank = per_rank_batch(batch_size, dist)
     sampler = RankSeededSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed,
                                 drop_last=False)
+    if len(sampler) < 2:
+        raise CPGError(f'{len(dataset)} training image(s) over {world} rank(s) leave each rank a '
+                       f'batch of one, which BatchNorm cannot normalise; add images or use fewer ranks')
     if not getattr(dataset, 'accepts_epoch_keys', False):
         return make_loader(dataset, per_rank, shuffle=False, workers=workers, device=device,
                            seed=seed, sampler=sampler, rank=rank)
     return DataLoader(
         dataset,
-        batch_size=per_rank,
-        sampler=EpochKeyedSampler(sampler),
+        batch_sampler=TrainBatchSampler(EpochKeyedSampler(sampler), per_rank),
         num_workers=workers,
         pin_memory=(torch.device(device).type == 'cuda'),
         persistent_workers=workers > 0,
         worker_init_fn=WorkerSeeder(rank),
         generator=torch.Generator().manual_seed(seed),
-        drop_last=False,
     )
 
 
@@ -344,7 +386,8 @@ def build_eval_loader(dataset, batch_size, workers, device):
 
 def seed_loader_epoch(loader, seed, epoch):
     """Make the next pass over `loader` depend only on (seed, epoch) (and the rank under DDP)."""
-    keyed = isinstance(loader.sampler, EpochKeyedSampler)
+    sampler = train_sampler(loader)
+    keyed = isinstance(sampler, EpochKeyedSampler)
     if loader.num_workers > 0 and loader.persistent_workers and not keyed:
         # A persistent worker's RNG continues from the epochs this process ran before.
         raise ValueError('seed_loader_epoch needs a loader without persistent workers; '
@@ -353,10 +396,10 @@ def seed_loader_epoch(loader, seed, epoch):
         raise ValueError('seed_loader_epoch needs worker_init_fn=WorkerSeeder(rank) when workers > 0; '
                          'build train loaders with utils.data.make_loader or build_train_loader')
     this_epoch = epoch_seed(seed, epoch)
-    if hasattr(loader.sampler, 'set_epoch'):
-        loader.sampler.set_epoch(epoch)  # DistributedSampler: shuffles by its seed + epoch
+    if hasattr(sampler, 'set_epoch'):
+        sampler.set_epoch(epoch)  # DistributedSampler: shuffles by its seed + epoch
     if keyed:
-        loader.sampler.set_epoch_seed(this_epoch)  # travels with every index into the workers
+        sampler.set_epoch_seed(this_epoch)  # travels with every index into the workers
     if loader.generator is not None:
         loader.generator.manual_seed(this_epoch)  # RandomSampler's order
     # Main-process RNG: augmentation of other datasets when workers == 0 (RankSeededSampler moves

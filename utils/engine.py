@@ -14,7 +14,7 @@ import torch
 
 from models import HEAD_KINDS, MODELS
 
-from .checkpoint import atomic_write_json
+from .checkpoint import DiskFull, is_disk_full, atomic_write_json
 from .cli import ArgumentParser, write_exit_status
 from .context import EXIT_ERROR, EXIT_NO_GOAL, PROTOCOL_STATUSES, PhaseContext
 from .data import seed_everything
@@ -165,6 +165,14 @@ def check_args(parser, args):
         parser.error(f'--val_fraction {args.val_fraction} must be in [0, 1)')
     if args.epochs < 0 or args.patience < 1 or args.max_decays < 1:
         parser.error('--epochs must be >= 0, --patience and --max_decays >= 1')
+    for flag in ('lr_decay_epochs', 'mask_lr_decay_epochs', 'prune_lr_decay_epochs'):
+        early = [m for m in getattr(args, flag) if m < 1]
+        if early:
+            parser.error(f'--{flag} {" ".join(map(str, getattr(args, flag)))}: a milestone at epoch '
+                         f'{early[0]} decays the learning rate before the first step; milestones are '
+                         f'epochs >= 1 (check the *_EPOCHS budget)')
+    if not 0.0 <= args.goal_margin < 1.0:
+        parser.error(f'--goal_margin {args.goal_margin} (GOAL_MARGIN): a fraction in [0, 1) is expected, e.g. 0.005')
     if args.total_num_tasks == 0:
         args.total_num_tasks = None
 
@@ -231,6 +239,11 @@ def run_stage(args, provider):
     except CPGError as exc:
         logger.error('%s', exc)
         return EXIT_ERROR
+    except OSError as exc:   # e.g. a log line on a full disk: one line, not a traceback
+        if not is_disk_full(exc):
+            raise
+        logger.error('%s', DiskFull(exc.filename or args.save_folder or '.'))
+        return EXIT_ERROR
     finally:
         if dist is not None:
             dist.close()
@@ -251,4 +264,11 @@ def cli(get_parser, main_fn, check=None):
     parser = get_parser()
     args = parser.parse_args()
     (check or check_args)(parser, args)
-    sys.exit(process_exit_code(main_fn(args)))
+    try:
+        status = main_fn(args)
+    except KeyboardInterrupt:   # Ctrl-C on a stage run by hand: one line (the scripts send SIGTERM)
+        if int(os.environ.get('WORLD_SIZE', '1')) == 1:   # under torchrun the launcher reports it
+            sys.stderr.write(f'interrupted: {args.mode} stage stopped; what it saved before is intact '
+                             f'and a rerun of the same command resumes it\n')
+        sys.exit(130)
+    sys.exit(process_exit_code(status))

@@ -11,6 +11,14 @@ class _BelowError(logging.Filter):
         return record.levelno < logging.ERROR
 
 
+class _QuietFileHandler(logging.FileHandler):
+    """A log file that cannot be written (a full disk) prints no traceback per line: the stage's
+    next checkpoint write reports the problem, in one line."""
+
+    def handleError(self, record):
+        pass
+
+
 def setup_logger(log_path=None, name='CPG'):
     """Logger with the original's `time - name - level - message` format, to stdout and log_path.
 
@@ -33,7 +41,7 @@ def setup_logger(log_path=None, name='CPG'):
     handlers = [stdout, stderr]
     if log_path:
         os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
-        handlers.append(logging.FileHandler(log_path))
+        handlers.append(_QuietFileHandler(log_path))
         handlers[-1].setFormatter(fmt)
     for handler in handlers:
         logger.addHandler(handler)

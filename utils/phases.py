@@ -176,19 +176,32 @@ def run_finetune(ctx):
         return ctx.finish(signature, EXIT_OK if owns else EXIT_NO_CAPACITY, accuracy=acc, width=width)
 
     at_max = width >= a.max_allowed_network_width_multiplier - 1e-9
-    reached = goal is None or (selection.passes_gate() and acc >= goal - a.goal_margin)
-    if reached or at_max:
-        status = EXIT_OK if owns else EXIT_NO_CAPACITY
-        why = ('no goal: accepted' if goal is None else 'goal reached' if reached
-               else 'goal missed at maximum width: accept, must-prune rule applies')
-    else:
-        status = EXIT_WIDEN
-        gate = '' if a.selection == 'best' else f', train {train_acc:.4f} vs gate {a.train_acc_gate}'
-        why = f'goal missed (val {acc:.4f} vs goal {goal:.4f} - margin {a.goal_margin}{gate}): widen the network and retry'
+    status, why = _phase_a_outcome(a, goal, acc, selection, owns, at_max)
     ctx.logger.info('Phase A result after %d epochs: val %.4f (epoch %s) goal %s -> %s (exit %d)',
                     trained, acc, selection.epoch, goal, why, status)
     return ctx.finish(signature, status, accuracy=acc, train_accuracy=train_acc, width=width,
-                      epoch=selection.epoch)
+                      epoch=selection.epoch, reason=why)
+
+
+def _phase_a_outcome(a, goal, acc, selection, owns, at_max):
+    """(exit status, reason) of Phase A: accept (0, or 5 when the task owns nothing) or widen (2).
+    Each reason has its own words: the goal, the train-accuracy gate, or both can fail."""
+    accepted = EXIT_OK if owns else EXIT_NO_CAPACITY
+    if goal is None:
+        return accepted, 'no goal: accepted'
+    met = acc >= goal - a.goal_margin
+    gated = selection.passes_gate()
+    if met and gated:
+        return accepted, 'goal reached'
+    goal_text = f'val {acc:.4f} {">=" if met else "<"} goal {goal:.4f} - margin {a.goal_margin}'
+    gate_text = '' if gated else f'train accuracy {selection.train_accuracy:.4f} <= gate {a.train_acc_gate}'
+    if met:   # only the gate failed
+        what = f'goal met ({goal_text}) but {gate_text}'
+    else:
+        what = f'goal missed ({goal_text}{", and " + gate_text if gate_text else ""})'
+    if at_max:
+        return accepted, f'{what} at maximum width: accept, must-prune rule applies'
+    return EXIT_WIDEN, f'{what}: widen the network and retry'
 
 
 # --------------------------------------------------------------------------------------------------

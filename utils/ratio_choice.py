@@ -61,6 +61,11 @@ def read_choice(task_folder):
         return None
 
 
+def chosen_source(task_folder, chosen):
+    """The chosen stage's checkpoint path: chosen.json stores it relative to the task folder."""
+    return os.path.normpath(os.path.join(task_folder, chosen['source']))
+
+
 def promote(task_folder, key, record, task, goal, picked_by='auto'):
     """Promote sparsity `key` (None: the unpruned scratch/ model) and write chosen.json.
 
@@ -69,9 +74,10 @@ def promote(task_folder, key, record, task, goal, picked_by='auto'):
     """
     prune_dir = os.path.join(task_folder, 'gradual_prune')
     source = stage_checkpoint(task_folder, key)
+    relative = os.path.relpath(source, task_folder)   # chosen.json survives moving the run folder
     shown = '0.0' if key is None else key
     current = read_choice(task_folder)
-    if (not os.path.isfile(source) and current is not None and current.get('source') == source
+    if (not os.path.isfile(source) and current is not None and chosen_source(task_folder, current) == source
             and os.path.isfile(os.path.join(prune_dir, CHECKPOINT_NAME))):
         return current, False  # already promoted; its stage copy went when the task was DONE
     if not os.path.isfile(source):
@@ -81,7 +87,7 @@ def promote(task_folder, key, record, task, goal, picked_by='auto'):
     width = checkpoint_info(source, 'rerun the stage that wrote it')['network_width_multiplier']
     copied = copy_checkpoint(source, os.path.join(prune_dir, CHECKPOINT_NAME))
     chosen = {'task': task, 'chosen_pruning_ratio': float(shown), 'accuracy': record.get(shown),
-              'goal': goal, 'network_width_multiplier': width, 'source': source, 'picked_by': picked_by}
+              'goal': goal, 'network_width_multiplier': width, 'source': relative, 'picked_by': picked_by}
     atomic_write_json(os.path.join(prune_dir, CHOICE_MARKER), chosen)
     return chosen, copied
 

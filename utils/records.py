@@ -59,12 +59,42 @@ def read_goal(path, task):
     return goals[task]
 
 
-def read_goals(path):
+def goal_problems_of(path, goals):
+    """One message per goal outside [0, 1] (a percentage such as 65.8, a negative value)."""
+    problems = []
+    for task, value in goals.items():
+        if not 0.0 <= value <= 1.0:
+            example = f'"{value / 100:.4f}" for {value:g}%' if 1.0 < value <= 100.0 else '"0.658" for 65.8%'
+            problems.append(f'goal file {path}: task {task!r} has goal {value:g}; goals are accuracies '
+                            f'as fractions in [0, 1], e.g. {example}')
+    return problems
+
+
+def read_goals(path, check=True):
+    """{task: goal} of a goal file; CPGError for a file that is not a JSON object of numbers, or
+    (check) for a goal outside [0, 1]."""
     try:
         with open(path) as f:
-            return {k: float(v) for k, v in json.load(f).items()}
+            goals = {k: float(v) for k, v in json.load(f).items()}
     except (json.JSONDecodeError, ValueError, AttributeError, TypeError):
         raise CPGError(f'goal file {path} is not a JSON object of task -> accuracy; fix or delete it') from None
+    problems = goal_problems_of(path, goals) if check else []
+    if problems:
+        raise CPGError(problems[0])
+    return goals
+
+
+def check_fraction(name, value, upper_inclusive=False, example='0.005'):
+    """None if `value` is a fraction in [0, 1) ([0, 1] when upper_inclusive), else one line
+    naming the knob, the value and the expected form."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float('nan')
+    if 0.0 <= number < 1.0 or (upper_inclusive and number == 1.0):
+        return None
+    interval = '[0, 1]' if upper_inclusive else '[0, 1)'
+    return f'{name}={value}: a fraction in {interval} is expected, e.g. {example}'
 
 
 def write_goal(path, task, accuracy):
