@@ -1,4 +1,6 @@
-"""Smoke test of tools/benchmark.py on a tiny configuration: it runs and its JSON has every figure.
+"""tools/benchmark.py on a tiny configuration: it runs, its JSON has every figure, and the figures
+are what they claim to be: each ratio is CPG's median time over dense's, each throughput is the
+batch over the step time, each headline figure is the headline batch's.
 
 Timing is the script's business, not the tests': no ratio is asserted against its target here.
 The smoke run stays on the CPU whatever CPG_TEST_DEVICE says (it checks the CPU notes); the CUDA
@@ -17,6 +19,9 @@ from utils.data import default_workers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RATIO_KEYS = {'train_task1', 'train_prune', 'train_taskk', 'inference'}
+# ratio key -> (CPG's ms key, dense's ms key)
+RATIO_OF = {'train_task1': ('cpg_task1', 'dense_train'), 'train_prune': ('cpg_prune', 'dense_train'),
+            'train_taskk': ('cpg_taskk', 'dense_train'), 'inference': ('cpg_infer', 'dense_infer')}
 EPOCH_PARTS = {'train', 'validate', 'resume_write', 'log'}
 TRAIN_STEPS = {'dense_train', 'cpg_task1', 'cpg_prune', 'cpg_taskk'}
 
@@ -34,6 +39,16 @@ def quick_run(tmp_path_factory):
     return proc, json.loads(out.read_text())
 
 
+def _check_figures(size, per):
+    """One batch size's figures: ratios are CPG / dense medians, throughputs are size / time."""
+    assert set(per['ratios']) == RATIO_KEYS
+    for key, (cpg, dense) in RATIO_OF.items():
+        assert per['ms'][cpg] > 0 and per['ms'][dense] > 0, key
+        assert per['ratios'][key] == pytest.approx(per['ms'][cpg] / per['ms'][dense]), key
+    for name, images_per_s in per['images_per_s'].items():
+        assert images_per_s == pytest.approx(size * 1e3 / per['ms'][name]), name
+
+
 @pytest.mark.slow  # the benchmark runs as a subprocess
 def test_quick_benchmark_writes_all_figures(quick_run):
     proc, result = quick_run
@@ -45,11 +60,13 @@ def test_quick_benchmark_writes_all_figures(quick_run):
     assert result['headline_batch'] == 32
     assert set(result['per_batch']) == {'16', '32'}
     assert {k: v for k, v in result['ratios'].items() if k != 'epoch_taskk'} == result['per_batch']['32']['ratios']
-    for per in result['per_batch'].values():
-        assert set(per['ratios']) == RATIO_KEYS
-        assert all(isinstance(v, float) and v > 0 for v in per['ratios'].values())
-        assert all(isinstance(v, float) and v > 0 for v in per['ms'].values())
+    for size, per in result['per_batch'].items():
+        _check_figures(int(size), per)
         assert per['prune_updates_timed'] >= 1  # the timed prune steps include a mask update
+        # the pruning step's cost: the plain step's plus a mask update amortized over 10 steps
+        ms = per['ms']
+        assert ms['cpg_prune'] == pytest.approx(
+            ms['cpg_prune_plain_step'] + (ms['cpg_prune_update_step'] - ms['cpg_prune_plain_step']) / 10)
 
 
 @pytest.mark.slow  # the benchmark runs as a subprocess
@@ -75,17 +92,23 @@ def test_bytes_per_weight_report_the_exported_file(quick_run):
 def test_epoch_figures(quick_run):
     proc, result = quick_run
     epoch = result['epoch']
-    assert isinstance(result['ratios']['epoch_taskk'], float) and result['ratios']['epoch_taskk'] > 0
     assert result['ratios']['epoch_taskk'] == epoch['ratio']
     assert result['targets']['epoch_taskk'] == 1.10
     assert epoch['train_images'] == 40 and epoch['test_images'] == 20 and epoch['batch'] == 32
     assert set(epoch['ms']) == {'dense_epoch', 'cpg_epoch_taskk'}
-    assert all(isinstance(v, float) and v > 0 for v in epoch['ms'].values())
-    for name in ('dense', 'cpg'):
+    seconds = epoch['epoch_seconds']
+    for name, key in (('dense', 'dense_epoch'), ('cpg', 'cpg_epoch_taskk')):
         assert set(epoch['parts_ms'][name]) == EPOCH_PARTS
-        assert all(v > 0 for v in epoch['parts_ms'][name].values())
-        assert len(epoch['epoch_seconds'][name]) == epoch['repeats'] == 2
-    assert epoch['ratio_best'] > 0 and epoch['ratio_paired'] > 0
+        assert len(seconds[name]) == epoch['repeats'] == 2
+        # the epoch time is the median of the repeats (of 2: their mean), in ms
+        assert epoch['ms'][key] == pytest.approx(1e3 * sum(seconds[name]) / 2)
+        # the parts tile each epoch, so (medians of 2 = means) they add up to the epoch's median
+        assert sum(epoch['parts_ms'][name].values()) == pytest.approx(epoch['ms'][key])
+    assert epoch['ratio'] == pytest.approx(epoch['ms']['cpg_epoch_taskk'] / epoch['ms']['dense_epoch'])
+    assert epoch['ratio_best'] == pytest.approx(min(seconds['cpg']) / min(seconds['dense']))
+    # paired: each repeat's CPG epoch over the dense epoch of the same round, their median (mean)
+    assert epoch['ratio_paired'] == pytest.approx(
+        sum(c / d for c, d in zip(seconds['cpg'], seconds['dense'])) / 2)
     assert 'epoch task k>=2' in proc.stdout
     assert 'finetune task 2 epoch' in proc.stdout and 'dense epoch' in proc.stdout  # the log lines
 
@@ -125,12 +148,9 @@ def test_resnet50_benchmark_reports_ratios_and_the_loader(resnet_run):
     assert set(result['ratios']) == RATIO_KEYS and result['ratios'] == result['per_batch']['4']['ratios']
     assert result['targets']['train_taskk'] == 1.15 and result['targets']['inference'] == 1.05
     per = result['per_batch']['4']
-    assert all(isinstance(v, float) and v > 0 for v in per['ratios'].values())
-    assert all(isinstance(v, float) and v > 0 for v in per['images_per_s'].values())
-    assert per['images_per_s']['cpg_taskk'] == pytest.approx(4e3 / per['ms']['cpg_taskk'])
+    _check_figures(4, per)
     loader = result['loader']
-    assert isinstance(loader['loader_images_per_s'], float) and loader['loader_images_per_s'] > 0
-    assert isinstance(loader['fed_images_per_s'], float) and loader['fed_images_per_s'] > 0
+    assert loader['loader_images_per_s'] > 0 and loader['fed_images_per_s'] > 0
     assert set(loader['step_images_per_s']) == TRAIN_STEPS
     assert loader['step_images_per_s'] == {k: per['images_per_s'][k] for k in TRAIN_STEPS}
     fastest = max(loader['step_images_per_s'].values())

@@ -372,33 +372,58 @@ def test_masks_match_single_process(runs):
     assert 0 < picked < old  # task 2's pick dropped some of task 1's weights and kept others
 
 
+# After a flipped mask entry (see above) the rest of the stage legitimately moves: the stage's
+# float state then agrees with one process's within FLIPPED_ATOL (twice the measured 5.6e-2), and
+# its accuracy within FLIPPED_ACCURACY (2 of the 40 validation images).
+FLIPPED_ATOL = 0.1
+FLIPPED_ACCURACY = 2 / 40
+
+
 @pytest.mark.slow
 def test_weights_and_accuracy_match_single_process(runs):
-    """Where no mask entry flipped (see above), the stage's float state agrees within rounding
-    (measured at most 3.6e-7; the bound below leaves room for other CPUs' kernels), and so do
-    the accuracies and the reduced train metrics. Phase A of task 1 has no mask decision, so at
-    least that stage is always compared."""
+    """Every stage is compared with one process. Where no mask entry flipped, the float state
+    agrees within rounding (measured at most 3.6e-7; the bound below leaves room for other CPUs'
+    kernels), and so do the accuracies and the reduced train metrics. Where one flipped (none
+    does at seed 1 on the machines measured), within the post-flip bounds above, and in one
+    stage at most: a stage is never skipped, and a divergence that flips masks stage after stage
+    fails even when each stage's flips stay within the mask allowances."""
     _, (r0, _), single = runs
-    compared = []
+    tight = []
     for stage in STAGES:
         ours, ref = r0['stages'][stage], single['stages'][stage]
-        if _mask_differences(ours['state'], ref['state'])[:2] != (0, 0):
-            continue  # a flipped entry legitimately moves the rest of the stage
-        compared.append(stage)
-        assert ours['state'].keys() == ref['state'].keys()
+        flipped = _mask_differences(ours['state'], ref['state'])[:2] != (0, 0)
+        tight += [] if flipped else [stage]
+        assert ours['state'].keys() == ref['state'].keys(), stage
         for name, value in ours['state'].items():
-            if value.is_floating_point():
-                assert torch.allclose(value, ref['state'][name], rtol=1e-4, atol=1e-5), \
-                    f'{stage} {name}: max diff {float((value - ref["state"][name]).abs().max()):.3g}'
+            other = ref['state'][name]
+            if not value.is_floating_point():
+                if not flipped or not (name.endswith('.owner') or '.pick_bits_' in name):
+                    assert torch.equal(value, other), f'{stage} {name}'
+            elif flipped:
+                assert torch.allclose(value, other, rtol=0, atol=FLIPPED_ATOL), \
+                    f'{stage} {name} (a mask entry flipped): max diff {float((value - other).abs().max()):.3g}'
             else:
-                assert torch.equal(value, ref['state'][name]), f'{stage} {name}'
-        assert [t['accuracy'] for t in ours['tasks']] == [t['accuracy'] for t in ref['tasks']], stage
+                assert torch.allclose(value, other, rtol=1e-4, atol=1e-5), \
+                    f'{stage} {name}: max diff {float((value - other).abs().max()):.3g}'
         assert len(ours['logged']) == len(ref['logged']) == 1, stage
-        for dist_epoch, one_epoch in zip(ours['logged'], ref['logged']):
+        accuracies = [(t['accuracy'], u['accuracy']) for t, u in zip(ours['tasks'], ref['tasks'])]
+        logged = list(zip(ours['logged'], ref['logged']))
+        if flipped:
+            assert all(abs(a - b) <= FLIPPED_ACCURACY for a, b in accuracies), (stage, accuracies)
+            for dist_epoch, one_epoch in logged:
+                for split in ('train', 'val'):
+                    assert abs(dist_epoch[split]['accuracy'] - one_epoch[split]['accuracy']) <= FLIPPED_ACCURACY, stage
+            continue
+        assert all(a == b for a, b in accuracies), (stage, accuracies)
+        for dist_epoch, one_epoch in logged:
             assert dist_epoch['train']['accuracy'] == one_epoch['train']['accuracy'], stage
             assert dist_epoch['train']['loss'] == pytest.approx(one_epoch['train']['loss'], rel=1e-4)
             assert dist_epoch['val']['accuracy'] == one_epoch['val']['accuracy'], stage
-    assert compared[0] == 't1_scratch', compared
+    assert tight[:1] == ['t1_scratch'], tight   # no mask decision in task 1's Phase A: always exact
+    # A flip is rare (measured above: 1 of 16 pruning stages, and only at some seeds in task 2's
+    # Phase A; none at seed 1): at most one stage may fall back to the post-flip bounds, so the
+    # rounding-level comparison covers at least three of the four stages.
+    assert len(tight) >= len(STAGES) - 1, f'mask entries flipped in {sorted(set(STAGES) - set(tight))}'
 
 
 @pytest.mark.slow

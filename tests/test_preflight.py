@@ -5,7 +5,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -363,10 +362,8 @@ def test_scripts_stop_before_training(data, tmp_path, script):
                          CHECKPOINT_ROOT=checkpoints, DEVICE='cpu', BASE_WIDTH=0.0625, WORKERS=0,
                          BASELINE_EPOCHS=1, FINETUNE_EPOCHS=1, PRUNE_EPOCHS=1, RETRAIN_EPOCHS=1,
                          PRUNING_RATIOS='0.5', NPROC=1)
-    started = time.monotonic()
     proc = subprocess.run(['bash', os.path.join('experiment1', script)], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=300)
-    elapsed = time.monotonic() - started
     assert proc.returncode != 0, proc.stdout[-2000:]
     assert f'toy_task_9: no folder {root / "train" / "toy_task_9"}' in proc.stderr
     if script.startswith('CPG'):  # the baseline writes the goals: it does not check them
@@ -374,4 +371,3 @@ def test_scripts_stop_before_training(data, tmp_path, script):
     trained = [os.path.join(folder, name) for folder, names, _ in os.walk(checkpoints)
                for name in names if name.startswith('toy_task')]
     assert trained == []
-    assert elapsed < 60, f'took {elapsed:.0f} s'

@@ -52,20 +52,28 @@ def _learned_model(seed=0):
     (4, 10, [4]),                # stage shorter than the frequency: only the final update at t1
 ])
 def test_gradual_pruner_update_times(end_step, frequency, expected_updates):
+    """Updates at the expected steps, each to the cubic schedule's value written out here
+    (s_f + (s_i - s_f)(1 - t/t1)^3 with s_i 0, s_f 0.5), and each leaves exactly round(s * pool)
+    free entries in every layer."""
     model = _learned_model()
+    layers = [layer for _, layer in model.masked_layers()]
     pruner = GradualPruner(model, 1, 0.0, 0.5, begin_step=0, end_step=end_step, frequency=frequency)
-    applied = []
+    applied, free = [], []
     original = pruner.apply
 
     def recording_apply(sparsity):
         applied.append(sparsity)
         original(sparsity)
+        free.append([int((layer.owner == 0).sum()) for layer in layers])
 
     pruner.apply = recording_apply
     updates = [t for t in range(end_step + 15) if pruner.step(t)]
     assert updates == expected_updates
-    assert applied == pytest.approx([sparsity_at(t, 0.0, 0.5, 0, end_step) for t in expected_updates])
+    cubic = [0.5 + (0.0 - 0.5) * (1 - t / end_step) ** 3 for t in expected_updates]
+    assert applied == pytest.approx(cubic, abs=1e-12)
     assert applied[-1] == 0.5
+    for sparsity, counts in zip(cubic, free):
+        assert counts == [round(sparsity * layer.owner.numel()) for layer in layers]  # task 1 owned all
     assert pruner.applied == 0.5
     pruner.finalize()  # already at the target: nothing more happens
     assert len(applied) == len(expected_updates)

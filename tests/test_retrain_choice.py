@@ -6,11 +6,14 @@ chance) retrained at a normal LR makes "better" certain.
 """
 import json
 import os
+from types import SimpleNamespace
 
 import pytest
+import torch
 
 import CPG_cifar100_main as cli
-from cpg_testlib import load_tool, toy_stage_args
+from cpg_testlib import DEVICE, load_tool, toy_stage_args
+from utils.cifar100_dataset import CifarTasks
 from utils.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 
 retrain_chooser = load_tool('choose_retrain_or_not')
@@ -43,6 +46,20 @@ def _task_folder(tmp_path, t2, pruned_accuracy):
     return tmp_path / 'task', chosen, promoted
 
 
+@torch.no_grad()
+def _test_accuracy(toy_data, path):
+    """Top-1 accuracy of the checkpoint's last task on toy_task_2's test split (eval mode)."""
+    model = model_from_checkpoint(load_checkpoint(path), DEVICE).eval()
+    model.set_task(len(model.tasks))
+    args = SimpleNamespace(data_root=toy_data, batch_size=64, val_batch_size=100, workers=0, seed=1,
+                           val_fraction=0.0, num_classes=None)
+    correct = total = 0
+    for images, labels in CifarTasks(args, DEVICE).test_loader('toy_task_2'):
+        correct += int((model(images.to(DEVICE)).argmax(1).cpu() == labels).sum())
+        total += labels.numel()
+    return correct / total
+
+
 def _retrain_and_choose(toy_data, goals, folder, chosen):
     args = toy_stage_args(toy_data, goals, 'finetune', str(folder / 'retrain'), str(chosen), epochs=2,
                           finetune_again=True, retrain_patience=5, lr=0.05, lr_mask=1e-3)
@@ -71,10 +88,16 @@ def test_a_better_retrain_replaces_the_pruned_checkpoint(toy_data, task2_model, 
     folder, chosen, promoted = _task_folder(tmp_path, t2, pruned_accuracy=0.0)
     before = promoted.read_bytes()
     result = _retrain_and_choose(toy_data, goals, folder, chosen)
-    assert result['improved'] is True and result['accuracy'] >= 0.0
+    # better: strictly above the pruned model's recorded 0.0, and the best epoch the retrain ran
+    assert result['improved'] is True and result['accuracy'] > 0.0
+    logged = [json.loads(line)['val']['accuracy']
+              for line in (folder / 'retrain' / 'log.jsonl').read_text().splitlines()]
+    assert len(logged) == 2 and result['accuracy'] == max(logged)
     retrained = folder / 'retrain' / 'checkpoint.pth.tar'
     assert promoted.read_bytes() == retrained.read_bytes() != before
     kept = load_checkpoint(str(promoted))
     assert kept['tasks'][-1]['accuracy'] == result['accuracy']
+    # and the promoted model really scores it: task 2 evaluated here on its test split
+    assert _test_accuracy(toy_data, str(promoted)) == result['accuracy']
     assert json.loads((folder / 'retrain' / 'promoted.json').read_text())['retrained_model_kept'] is True
     assert os.path.isfile(chosen)  # the retrain's input (the chosen stage) stays

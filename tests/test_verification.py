@@ -62,6 +62,27 @@ def test_mixed_case_hand_computed():
     assert result['accuracy_std'] == pytest.approx(0.2)
 
 
+def test_threshold_from_the_other_folds_when_the_halves_disagree():
+    """20 pairs, 10 folds of (same, different); folds 0-4 at (0.405, 0.605), folds 5-9 at
+    (1.205, 1.405). Each fold is separable on its own, so a threshold chosen on the test fold
+    would score 1.0 everywhere; the protocol chooses on the other 18 pairs.
+
+    Fold k in 0-4 (train: 4 low folds + 5 high folds): t in 0.41..0.60 -> 8 + 5 = 13/18,
+    t in 1.21..1.40 -> 4 + 10 = 14/18 (every other t: 9/18), so t = 1.21; on the fold the
+    different pair at 0.605 < 1.21 is called "same": 1/2.
+    Fold k in 5-9 (train: 5 low + 4 high): 0.41..0.60 -> 10 + 4 = 14/18, 1.21..1.40 -> 5 + 8 =
+    13/18, so t = 0.41; on the fold the same pair at 1.205 >= 0.41 is called "different": 1/2.
+    Mean 0.5, std 0 (chosen on all 20 pairs instead: t = 0.41 for every fold, mean 0.75).
+    """
+    same = np.array([True, False] * 10)
+    low = np.arange(20) < 10
+    distances = np.where(same, np.where(low, 0.405, 1.205), np.where(low, 0.605, 1.405))
+    result = verification_accuracy(distances, same)
+    assert result['thresholds'] == pytest.approx([1.21] * 5 + [0.41] * 5)
+    assert result['fold_accuracies'] == [0.5] * 10
+    assert result['accuracy'] == 0.5 and result['accuracy_std'] == 0.0
+
+
 def test_fold_sizes_follow_kfold_for_n_not_divisible_by_ten():
     """23 pairs: the first 23 % 10 = 3 folds hold 3 pairs, the other 7 hold 2 (sklearn KFold)."""
     slices = fold_slices(23)

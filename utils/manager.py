@@ -55,9 +55,9 @@ class Manager:
                  net=None, reduce=None, log_every=50, show_progress=True, amp=None,
                  channels_last=False):
         self.model, self.task, self.device = model, task, torch.device(device)
-        # amp: None, 'bf16' or 'fp16' (CUDA autocast; fp16 adds a GradScaler)
+        # amp: None, 'bf16' or 'fp16' (autocast on the device; fp16 adds a GradScaler there)
         self.amp_dtype = {None: None, 'bf16': torch.bfloat16, 'fp16': torch.float16}[amp]
-        self.scaler = torch.amp.GradScaler('cuda') if amp == 'fp16' else None
+        self.scaler = torch.amp.GradScaler(self.device.type) if amp == 'fp16' else None
         self.channels_last = channels_last
         self.net = net if net is not None else model
         self.train_loader, self.val_loader = train_loader, val_loader
