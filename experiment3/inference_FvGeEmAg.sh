@@ -6,7 +6,7 @@
 #     GPU_ID           CUDA device index (0, 1, ...), cpu, or auto
 #     TARGET_SPARSITY  the age task's pruning stage to evaluate (e.g. 0.2), or "picked": the ratio
 #                      you picked (a DONE task keeps only its picked stage)
-#     AGEFOLD          the fold (0..4 in the paper), learned by experiment3/FvGeEmAg<f>_CPG_face.sh
+#     AGEFOLD          the fold (0..4 in the paper, or age0..age4), learned by experiment3/FvGeEmAg<f>_CPG_face.sh
 #     LOG_PATH         log file (appended)
 # FOLD_RESULTS (optional) writes the fold's results as JSON. Env vars as in experiment3/common.sh.
 set -euo pipefail
@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 source experiment3/common.sh
 usage="usage: bash experiment3/inference_FvGeEmAg.sh GPU_ID TARGET_SPARSITY AGEFOLD LOG_PATH (e.g. 0 0.2 0 logs/FvGeEmAg0_s02.log)"
 if [ $# -ne 4 ]; then echo "$usage; got $# argument(s)" >&2; exit 1; fi
-gpu=$1 sparsity=$2 fold=$3 log=$4
+gpu=$1 sparsity=$2 fold=${3#"$AGE_TASK"} log=$4   # AGEFOLD 0 or, as in the original, age0
 
 case $gpu in
   cpu|auto) DEVICE=$gpu ;;
@@ -38,6 +38,11 @@ if [ "$sparsity" = picked ]; then
 else
   norm=$(python -c 'import sys; v = float(sys.argv[1]); assert 0 < v < 1; print(repr(round(v, 4)))' "$sparsity" 2>/dev/null) || {
     echo "TARGET_SPARSITY=$sparsity: use a pruning ratio between 0 and 1 (e.g. 0.2) or picked" >&2; exit 1; }
+  # the original's released folders hold only its checkpoint-<E>.pth.tar there: convert it once
+  # (README "Using the original's released checkpoints"); a no-op for a stage trained here
+  if compgen -G "$age/gradual_prune/$norm/checkpoint-*.pth.tar" > /dev/null; then
+    python tools/import_original_checkpoint.py --source "$age/gradual_prune/$norm" --if_needed
+  fi
   if [ -f "$age/gradual_prune/$norm/checkpoint.pth.tar" ]; then load=$age/gradual_prune/$norm
   elif [ "$picked" != none ] && python -c 'import sys; sys.exit(abs(float(sys.argv[1]) - float(sys.argv[2])) > 1e-9)' "$picked" "$norm"; then
     load=$age/gradual_prune   # the picked stage, promoted
