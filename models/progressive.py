@@ -4,17 +4,37 @@ Every task gets its own column, a torchvision ResNet-50 (Bottleneck 3/4/6/3, str
 1x1 + BN projections) at `base_width`, plus lateral connections from every earlier column
 (Section 2, eq. 2). Earlier columns are frozen: they run in eval mode without a graph, so their
 tasks' logits never change (no forgetting by construction, at the price of a column per task).
+Every column can start from the same torchvision ResNet-50 state dict (load_pretrained into the
+newest task), as the CPG paper's ProgressiveNet row starts every column from ImageNet weights.
 
-Lateral connections, simplified to one adapter per stage boundary: at each of the 5 points p
-(the stem's output, i.e. layer1's input; the outputs of layer1..layer3; layer4's output, i.e. the
-head's input) column k adds, for every earlier column j, A_p^(k:j)(x_p^(j)) to its own x_p^(k):
+Lateral connections are the paper's adapters (Section 2, "Adapters", the equation after eq. 2),
+one per stage boundary: at each of the 5 points p (the stem's output, i.e. layer1's input; the
+outputs of layer1..layer3; layer4's output, i.e. the head's input) column k adds
 
-    h_p^(k) = x_p^(k) + sum_{j<k} ReLU(BN(Conv1x1(x_p^(j))))
+    h_p^(k) = x_p^(k) + alpha_p^(k) U_p^(k) ReLU(BN(V_p^(k) [x_p^(1), ..., x_p^(k-1)]))
 
-where x_p^(j) is column j's own activation at p (before its lateral sum) and the 1x1 conv maps
-column j's channels to column k's. The paper's adapter (Section 2, "Adapters") feeds every layer
-through a learned scalar, a 1x1 projection V and U; here one conv + BN + ReLU per (earlier
-column, stage boundary) does both, BN's weight playing the learned scale.
+x_p^(j): column j's own activation at p (before its lateral sum), c_p channels in every column;
+[...]: their concatenation, (k-1) c_p channels; V: the 1x1 projection onto r_p channels ("for
+convolutional layers, dimensionality reduction is performed via 1x1 convolutions"); U: the
+lateral's own 1x1 mapping r_p -> c_p; alpha: one learned scalar initialized to a random small value
+(uniform in [0, ALPHA_INIT)), which sets the lateral's scale and starts a (pretrained) column close
+to its own mapping. No bias terms (the paper omits them). The laterals join the column at its
+stage inputs (the paper adds U's output to a layer's pre-activation; a bottleneck stage has no
+single such layer).
+
+One addition to the paper's adapter: a BN on the r_p-channel hidden layer. A frozen column's
+activations grow with depth and with how its eval statistics fit the new task's images, and the
+gradient reaching alpha and V grows with them: without it, a 3-step toy column (tests) diverged
+at lr 0.01. With the BN the hidden layer is scale-free, so alpha moves from V's input (the paper)
+to U's output: without the BN that is the same function, ReLU(alpha z) = alpha ReLU(z), alpha > 0.
+
+Reduction: r_p = c_p / ADAPTER_REDUCTION (32), i.e. 2, 8, 16, 32, 64 channels at base width 1.
+The paper's adapter projects onto one column's layer width n_i, so that lateral parameters stay
+"in the same order as |Theta^(1)|" as tasks grow; at ResNet-50's widths (c_p up to 2048) that
+would give the five later columns 111.5 M adapter parameters (4.7 columns). The ratio 32 is ours:
+the adapters of a 6-task model then hold sum_k sum_p (k c_p r_p + 2 r_p + 1) = 3.49 M parameters
+(0.15 of a column) and the model is 568 MB against the paper's 563 MB (tools/model_sizes.py),
+where the earlier full-width c_p -> c_p adapters held 83.7 M (873 MB).
 
 Engine fit: the columns live in a PerTask container keyed by task (`columns.per_task[str(k)]`,
 adapters inside column k), so task_parameters trains exactly the newest column, its adapters and
@@ -22,6 +42,7 @@ its head. There are no masked layers: nothing is shared, picked, pruned or grown
 """
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from .dist_norm import BatchNorm2d
 from .layers import PerTask
@@ -32,6 +53,8 @@ BLOCKS = (3, 4, 6, 3)          # Bottleneck blocks per stage (ResNet-50)
 PLANES = (64, 128, 256, 512)   # inner width of each stage at base width 1
 EXPANSION = 4                  # a bottleneck's output is 4x its inner width
 POINTS = ('layer1', 'layer2', 'layer3', 'layer4', 'head')   # where laterals are added (their input)
+ADAPTER_REDUCTION = 32        # r_p = c_p / 32: an adapter's projection width (module docstring)
+ALPHA_INIT = 0.01             # alpha ~ U(0, 0.01): "a random small value" (Rusu et al. Section 2)
 
 
 def _conv(in_ch, out_ch, kernel, stride=1, padding=0):
@@ -51,14 +74,36 @@ def column_widths(base_width):
     return stem, [(max(1, int(p * base_width)), max(1, int(p * EXPANSION * base_width))) for p in PLANES]
 
 
-def adapter(in_ch, out_ch):
-    """A lateral connection: 1x1 conv (no bias) + BN + ReLU from an earlier column's channels."""
-    return nn.Sequential(_conv(in_ch, out_ch, 1), _bn(out_ch), nn.ReLU(inplace=True))
+def adapter_width(channels):
+    """r_p: the width an adapter projects `channels` (c_p) onto, at least 1."""
+    return max(1, channels // ADAPTER_REDUCTION)
+
+
+class Adapter(nn.Module):
+    """Rusu et al.'s adapter of column k at one point: alpha U ReLU(BN(V [x^(1), ..., x^(k-1)]))."""
+
+    def __init__(self, earlier_columns, channels):
+        super().__init__()
+        reduced = adapter_width(channels)
+        self.project = nn.Conv2d(earlier_columns * channels, reduced, 1, bias=False)   # V
+        self.bn = _bn(reduced)
+        self.expand = nn.Conv2d(reduced, channels, 1, bias=False)                      # U
+        for conv in (self.project, self.expand):
+            # fan_in keeps the scale through the narrow projection (fan_out would multiply it by
+            # (k-1) c_p / r_p); alpha alone sets how strong the lateral starts
+            nn.init.kaiming_normal_(conv.weight, mode='fan_in', nonlinearity='relu')
+        self.alpha = nn.Parameter(torch.empty(1).uniform_(0.0, ALPHA_INIT))
+
+    def forward(self, earlier):
+        """earlier: columns 1..k-1's (N, c_p, H, W) activations -> (N, c_p, H, W)."""
+        anterior = torch.cat(earlier, dim=1)                    # (N, (k-1) c_p, H, W)
+        hidden = F.relu(self.bn(self.project(anterior)))        # (N, r_p, H, W)
+        return self.alpha * self.expand(hidden)
 
 
 class Column(nn.Module):
     """One task's ResNet-50 (names as torchvision's: conv1, bn1, layer1.0.conv1, ...) and its
-    adapters `laterals[str(j)][point]` from every earlier column j (none for the first column)."""
+    adapters `laterals[point]` over every earlier column (none for the first column)."""
 
     def __init__(self, base_width, earlier_columns):
         super().__init__()
@@ -76,17 +121,17 @@ class Column(nn.Module):
                 for b in range(blocks)]))
             in_ch = out
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
-        # every column has the same widths: the adapters map c -> c at each point
+        # every column has the same widths: at each point the adapter reads (k-1) c, adds c
         channels = [stem] + [out for _, out in stages]
-        self.laterals = nn.ModuleDict({
-            str(j): nn.ModuleDict({point: adapter(c, c) for point, c in zip(POINTS, channels)})
-            for j in range(1, earlier_columns + 1)})
+        self.laterals = nn.ModuleDict(
+            {point: Adapter(earlier_columns, c) for point, c in zip(POINTS, channels)}
+            if earlier_columns else {})
 
     def _join(self, point, own, earlier):
-        """own activation + every earlier column's adapted activation at `point` (eq. 2)."""
-        for j, points in enumerate(earlier, start=1):
-            own = own + self.laterals[str(j)][point](points[point])
-        return own
+        """own activation + the adapter of the earlier columns' activations at `point`."""
+        if not earlier:
+            return own
+        return own + self.laterals[point]([points[point] for points in earlier])
 
     def forward(self, x, earlier, features=True):
         """({point: own activation}, (N, C) features or None); `earlier`: the points of columns 1..k-1."""
@@ -129,6 +174,10 @@ class Columns(PerTask):
 
 class ProgressiveNet(MultiTaskNet):
     """Progressive network: a ResNet-50 column per task, laterals from every earlier column."""
+
+    # every task's column (not only the first task's) may start from --pretrained: read by the
+    # engine, which otherwise allows pretrained weights for the first task only
+    pretrained_every_task = True
 
     def __init__(self, base_width=1.0, multiplier=1.0):
         if multiplier != 1.0:
@@ -174,8 +223,9 @@ class ProgressiveNet(MultiTaskNet):
 
     @torch.no_grad()
     def load_pretrained(self, state_dict, task):
-        """Copy a torchvision ResNet-50 state dict into the newest task's column (its laterals
-        keep their init) and fc into its head when shaped alike."""
+        """Copy a torchvision ResNet-50 state dict into task `task`'s column, which must be the
+        newest (any task id: every column can start from the same file); its adapters keep their
+        init, its head takes fc only when shaped alike (1000 classes), else stays fresh."""
         self.require_task(task)
         if self.base_width != 1.0:
             raise ValueError('pretrained ResNet-50 weights need BASE_WIDTH 1.0 '
@@ -194,3 +244,7 @@ class ProgressiveNet(MultiTaskNet):
 def progressive_resnet50(base_width=1.0, multiplier=1.0):
     """Progressive Neural Networks (Rusu et al. 2016) with ResNet-50 columns: experiment 2's comparison."""
     return ProgressiveNet(base_width=base_width, multiplier=multiplier)
+
+
+# on the registry's factory too, so that argument checks can read it before a model exists
+progressive_resnet50.pretrained_every_task = ProgressiveNet.pretrained_every_task

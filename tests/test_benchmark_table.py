@@ -132,6 +132,35 @@ def test_paper_rows_by_name_in_paper_order(tmp_path, capsys):
     assert 'by position' not in out
 
 
+def test_paper_experiment2_lists_the_computed_model_sizes(tmp_path, capsys):
+    sizes = load_tool('model_sizes').compute_sizes()
+    cpg = results_file(tmp_path, 'cpg', 'CPG', 2, dict(zip(EXP2_TASKS, [0.7] * 6)), 121.5)
+    rc, out, err = run([cpg, '--paper'], capsys)
+    assert rc == 0, err
+    notes = [line for line in out.splitlines() if 'tools/model_sizes.py' in line]
+    assert len(notes) == 1 and notes[0].startswith('Note: ')
+    # every method's computed size beside the paper's size, in the paper's method order
+    listed = [f'{r["method"]} {r["computed_mb"]:.1f} MB (paper {r["paper_mb"]})' for r in sizes]
+    assert notes[0].endswith(': ' + ', '.join(listed))
+    assert '| CPG (paper) | 75.81 | 83.59 | 92.80 | 96.62 | 77.15 | 80.33 | 84.38 | 121 | – |' in table_rows(out)
+    # computed sizes belong to the paper's experiment-2 comparison only
+    e1 = results_file(tmp_path, 'e1', 'CPG', 1, {'t1': 0.5}, 1.0)
+    for argv in ([cpg], [e1, '--paper']):
+        rc, out, err = run(argv, capsys)
+        assert rc == 0 and 'model_sizes' not in out, err
+
+
+def test_computed_size_more_than_10_percent_off_notes_its_reason(monkeypatch):
+    table, sizes = load_tool('benchmark_table'), load_tool('model_sizes')
+    monkeypatch.setattr(sizes, 'METHODS', tuple(m if m[0] != 'PackNet' else (m[0], '100', 100, *m[3:])
+                                                for m in sizes.METHODS))
+    monkeypatch.setattr(table, 'load_model_sizes', lambda: sizes)
+    notes = table.computed_size_notes()
+    packnet = next(r for r in sizes.compute_sizes() if r['method'] == 'PackNet')
+    assert notes[1:] == [f"PackNet's computed size is {packnet['ratio']:.2f}x the paper's: {packnet['reason']}"]
+    assert f'PackNet {packnet["computed_mb"]:.1f} MB (paper 100)' in notes[0]
+
+
 def test_paper_rows_by_position_on_toy_tasks(tmp_path, capsys):
     toy = {'toy_task_1': 0.5, 'toy_task_2': 0.6, 'toy_task_3': 0.7}
     rc, out, err = run([results_file(tmp_path, 'cpg', 'CPG', 1, toy, 1.0), '--paper'], capsys)

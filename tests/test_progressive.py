@@ -1,6 +1,7 @@
 """Progressive Neural Networks (models/progressive.py) on the CPG engine: earlier columns never
 change (bitwise-equal logits and tensors), only the newest column trains, checkpoints and the real
-Phase A keep every task, pretrained loading matches torchvision, nothing strays off the device."""
+Phase A keep every task, pretrained loading matches torchvision and works for every column, the
+adapters hold the parameters of Rusu et al.'s reduced adapter, nothing strays off the device."""
 import json
 
 import pytest
@@ -9,7 +10,7 @@ import torch
 import CPG_imagenet_main as cli
 from cpg_testlib import (DEVICE, TensorTasks, fixed_inputs, one_line_error, snapshot, task_logits,
                          to_device, torchvision_resnet50, train_steps)
-from models import MODELS, build_model
+from models import MODELS, build_model, read_pretrained_state
 from models.progressive import POINTS, ProgressiveNet, progressive_resnet50
 from utils.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from utils.grower import assign_free_capacity, owns_any
@@ -18,6 +19,11 @@ from utils.manager import build_weight_optimizer, task_parameters
 ARCH = 'progressive_resnet50'
 TINY = 0.0625   # columns of 4..128 channels: a training step in milliseconds
 TASKS = 3
+# ResNet-50's widths at the 5 lateral points (stem, layer1..layer4 outputs) and the adapters'
+# projection widths c // 32, written out rather than read from the module under test
+WIDTHS = (64, 256, 512, 1024, 2048)
+REDUCED = (2, 8, 16, 32, 64)
+RESNET50_BACKBONE = 23_508_032   # torchvision resnet50's parameters less fc (2048 * 1000 + 1000)
 
 
 def _tiny(tasks=0, seed=0):
@@ -68,7 +74,8 @@ def test_only_the_newest_column_its_adapters_and_head_train():
     model = _tiny(TASKS)
     assert MODELS[ARCH] is progressive_resnet50 and isinstance(model, ProgressiveNet)
     column = model.columns.per_task['3']
-    assert set(column.laterals) == {'1', '2'} and set(column.laterals['1']) == set(POINTS)
+    # one adapter per point, reading both earlier columns (4w channels at the stem: 2 x 4 in)
+    assert set(column.laterals) == set(POINTS) and column.laterals['layer1'].project.in_channels == 8
     assert len(model.columns.per_task['1'].laterals) == 0
     params = task_parameters(model, 3)
     expected = list(column.parameters()) + list(model.heads['3'].parameters())
@@ -173,3 +180,106 @@ def test_meta_device_builds_and_runs_task_2(learned, tmp_path):
         model.train()   # earlier columns switch to eval inside the forward, on meta too
         out = model(x)
         assert out.device.type == 'meta' and out.shape == (2, classes)
+
+
+def _adapter_parameters(k):
+    """Column k's adapters: per point V ((k-1) c -> r, 1x1), BN on r (weight, bias), U (r -> c), alpha."""
+    if k == 1:
+        return 0
+    return sum((k - 1) * c * r + 2 * r + r * c + 1 for c, r in zip(WIDTHS, REDUCED))
+
+
+@pytest.mark.filterwarnings('ignore:for .*meta parameter')
+def test_adapter_parameters_follow_rusu_reduced_adapter():
+    with torch.device('meta'):   # six full-size columns, nothing allocated
+        model = progressive_resnet50()
+        for k in range(1, 7):
+            model.add_task(f't{k}', 10)
+    assert all(p.device.type == 'meta' for p in model.parameters())
+    adapters = {n: p.numel() for n, p in model.named_parameters() if '.laterals.' in n}
+    for k in range(1, 7):
+        got = sum(v for n, v in adapters.items() if n.startswith(f'columns.per_task.{k}.'))
+        assert got == _adapter_parameters(k), k
+    # 20 * sum(c * r) = 20 * 174,208, BN 2 * (2+8+16+32+64) = 244 per column, 5 alphas per column
+    assert sum(adapters.values()) == 20 * 174_208 + 5 * 244 + 25 == 3_485_405
+    columns = sum(p.numel() for n, p in model.named_parameters()
+                  if n.startswith('columns.') and '.laterals.' not in n)
+    assert columns == 6 * RESNET50_BACKBONE   # every column is a torchvision ResNet-50 backbone
+    shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
+    assert shapes['columns.per_task.6.laterals.head.project.weight'] == (64, 5 * 2048, 1, 1)
+    assert shapes['columns.per_task.6.laterals.head.expand.weight'] == (2048, 64, 1, 1)
+    assert shapes['columns.per_task.2.laterals.layer1.alpha'] == (1,)
+
+
+@pytest.fixture(scope='module')
+def pretrained_file(tmp_path_factory):
+    """A random torchvision ResNet-50 (BN tensors that matter) saved as a user saves the
+    IMAGENET1K_V1 file, and its state dict."""
+    net = torchvision_resnet50()
+    path = tmp_path_factory.mktemp('pretrained') / 'resnet50.pth'
+    torch.save(net.state_dict(), path)
+    return str(path), net.state_dict()
+
+
+def _loaded_from(column, file_state):
+    """Keys of the file (fc aside) whose tensor the column holds exactly."""
+    own = column.state_dict()
+    return {k for k, v in file_state.items() if not k.startswith('fc.') and torch.equal(own[k].cpu(), v)}
+
+
+def test_every_column_starts_from_the_pretrained_file(pretrained_file):
+    path, file_state = pretrained_file
+    state = read_pretrained_state(path)   # as the engine reads --pretrained
+    # what the engine reads to allow --pretrained beyond the first task (with --load_folder)
+    assert MODELS[ARCH].pretrained_every_task and not getattr(MODELS['resnet50'], 'pretrained_every_task', False)
+    backbone = {k for k in file_state if not k.startswith('fc.')}
+    torch.manual_seed(0)
+    model = progressive_resnet50().to(DEVICE)
+    model.add_task('imagenet', 1000)
+    assert model.load_pretrained(state, 1) == {'copied': 320, 'head_from_fc': True}
+    x = to_device(torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2)))
+    first = task_logits(model, x)[1]
+
+    model.add_task('birds', 200)
+    column = model.columns.per_task['2']
+    assert _loaded_from(column, file_state) == set()   # a new column starts from random init
+    head, laterals = snapshot(model.heads['2']), snapshot(column.laterals)
+    # 318 = the file's 320 tensors less fc's 2: 200 classes keep the fresh head
+    assert model.load_pretrained(state, 2) == {'copied': 318, 'head_from_fc': False}
+    assert _loaded_from(column, file_state) == backbone   # every conv / BN tensor of the file
+    assert all(torch.equal(model.heads['2'].state_dict()[k], v) for k, v in head.items())
+    assert all(torch.equal(column.laterals.state_dict()[k], v) for k, v in laterals.items())
+
+    # train column 2 (adapters included): column 1 reads nothing of it, its logits stay bit-exact
+    sgd = build_weight_optimizer(model, 2, lr=0.01)
+    train_steps(model, 2, [sgd], 2, torch.Generator().manual_seed(3), classes=200)
+    assert _loaded_from(column, file_state) != backbone   # it did train
+    assert torch.equal(task_logits(model, x)[1], first)
+
+    model.add_task('imagenet_again', 1000)   # a 1000-class task: its head is the file's fc
+    assert model.load_pretrained(state, 3) == {'copied': 320, 'head_from_fc': True}
+    assert _loaded_from(model.columns.per_task['3'], file_state) == backbone
+    assert torch.equal(model.heads['3'].weight.cpu(), file_state['fc.weight'])
+    assert torch.equal(task_logits(model, x)[1], first)
+
+
+def test_pretrained_errors_are_one_line_and_change_nothing(pretrained_file):
+    _, file_state = pretrained_file
+    torch.manual_seed(0)
+    model = progressive_resnet50()
+    model.add_task('imagenet', 1000)
+    model.add_task('birds', 200)
+    before = snapshot(model)
+    missing = {k: v for k, v in file_state.items() if k != 'layer3.1.conv2.weight'}
+    unexpected = dict(file_state, **{'layer5.0.conv1.weight': torch.zeros(1)})
+    shape = dict(file_state, **{'layer2.0.conv2.weight': torch.zeros(128, 128, 1, 1)})
+    fc = dict(file_state, **{'fc.weight': torch.zeros(1000, 512)})
+    cases = [(missing, "is missing key(s) for a torchvision ResNet-50: layer3.1.conv2.weight"),
+             (unexpected, "has unexpected key(s) for a torchvision ResNet-50: layer5.0.conv1.weight"),
+             (shape, "'layer2.0.conv2.weight' has shape (128, 128, 1, 1) but the model expects "
+                     "(128, 128, 3, 3)"),
+             (fc, "'fc.weight' has shape (1000, 512) but the model expects (classes, 2048)")]
+    for bad, message in cases:
+        assert message in one_line_error(lambda: model.load_pretrained(bad, 2))
+        after = snapshot(model)   # every check runs before the first copy
+        assert all(torch.equal(after[k], v) for k, v in before.items()), message

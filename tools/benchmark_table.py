@@ -6,9 +6,12 @@ Each RESULTS.json is either one run_inference result (experiments 1 and 2, or on
 fold: utils/inference.py) or experiment 3's combination of the age folds (tools/face_results.py).
 Prints one Markdown table per experiment: a row per method, a column per task (accuracy %), the
 mean over the task columns shown, and the model size of the file read and of the compact export.
---paper puts the published rows beside the measured ones; --png draws the accuracies and, for CPG
-and PAE, which share of the final model each task owns, picks from earlier tasks, or leaves free.
+--paper puts the published rows beside the measured ones (for experiment 2 also the model sizes
+tools/model_sizes.py computes for this repository's models at the paper's settings, beside the
+paper's size column); --png draws the accuracies and, for CPG and PAE, which share of the final
+model each task owns, picks from earlier tasks, or leaves free.
 """
+import importlib.util
 import json
 import math
 import os
@@ -293,8 +296,35 @@ def build_tables(results, paper=False):
             papers, paper_notes = paper_rows(exp, columns)
             rows = order_with_paper(measured, papers)
             notes += paper_notes
+            if exp == COMPUTED_SIZES_EXPERIMENT:
+                notes += computed_size_notes()
         tables[exp] = (rows, columns, notes)
     return tables
+
+
+COMPUTED_SIZES_EXPERIMENT = 2   # tools/model_sizes.py covers experiment 2's ResNet-50 methods
+
+
+def load_model_sizes():
+    """tools/model_sizes.py as a module (tools/ is not a package); it imports torch, so only --paper
+    on an experiment-2 table pays for it."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'model_sizes.py')
+    spec = importlib.util.spec_from_file_location('model_sizes', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def computed_size_notes():
+    """The paper's size column beside this repository's models' sizes at the paper's settings
+    (one note), and the reason of every size more than 10 % off (one note each)."""
+    sizes = load_model_sizes().compute_sizes()
+    listed = ', '.join(f'{r["method"]} {r["computed_mb"]:.1f} MB (paper {r["paper_mb"]})' for r in sizes)
+    notes = [f'model size of this repository\'s models at the paper\'s settings (tools/model_sizes.py, '
+             f'MB = 2^20 bytes of the exported tensors): {listed}']
+    notes += [f'{r["method"]}\'s computed size is {r["ratio"]:.2f}x the paper\'s: {r["reason"]}'
+              for r in sizes if r['off']]
+    return notes
 
 
 def format_tables(tables):
