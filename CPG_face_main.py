@@ -50,7 +50,7 @@ def check_args(parser, args):
 def main(args):
     if args.dataset == args.verification_task:
         args.head = 'angle'   # SphereFace's AngleLinear (m = 4) + AngleLoss (spec §5.4)
-        if args.mode == 'finetune' and not args.load_folder and not args.pretrained and not args.finetune_again:
+        if args.mode in ('finetune', 'task') and not args.load_folder and not args.pretrained and not args.finetune_again:
             args.notes = [f'{args.dataset} is trained from scratch with AngleLoss: not the paper\'s '
                           'setting, which loads face_weight.pth (PRETRAINED_PATH) and only evaluates it']
     return engine.main(args, FaceTasks)

@@ -3,6 +3,7 @@
 # without picking (every earlier weight is always used), gradual pruning and growth up to
 # MAX_WIDTH=2.0, goals from the fine-Max file (experiment1/finetune_cifar100.sh), no retrain.
 # Ends with the inference of every task -> RESULTS_FILE (logs/PAE_cifar100_results.json).
+# ORIGINAL_RULES=1 and TRAIN_ACC_GATE work as for CPG (experiment1/CPG_cifar100_scratch_mul_1.5.sh).
 # Usage: bash experiment1/PAE_cifar100.sh       (rerun to resume; env vars as in experiment1/common.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."

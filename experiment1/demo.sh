@@ -26,7 +26,7 @@ unset RESULTS_FILE   # each script below is given its own
 read -r -a task_array <<< "$TASKS"
 
 start=$SECONDS
-python tools/make_toy_data.py --out "$DATA_ROOT" --task_names "${task_array[@]}" --classes 5 \
+python tools/make_toy_data.py --if_missing --out "$DATA_ROOT" --task_names "${task_array[@]}" --classes 5 \
   --train "${TOY_TRAIN:-200}" --test "${TOY_TEST:-40}"
 RESULTS_FILE=$RESULTS_DIR/scratch_results.json bash experiment1/baseline_cifar100.sh
 bash experiment1/CPG_cifar100_scratch_mul_1.5.sh

@@ -41,7 +41,9 @@ PRUNING_FREQUENCY=${PRUNING_FREQUENCY:-50}    # batches between mask updates
 FIRST_TASK_PRUNING_FREQUENCY=${FIRST_TASK_PRUNING_FREQUENCY:-1000}
 WIDTH_STEP=${WIDTH_STEP:-0.5}
 MAX_WIDTH=${MAX_WIDTH:-1.5}
-ALLOW_ACC_LOSS=${ALLOW_ACC_LOSS:-0.0}         # --auto picks: tolerated accuracy below the goal
+ALLOW_ACC_LOSS=${ALLOW_ACC_LOSS:-}            # automatic picks: tolerated accuracy below the goal (empty: GOAL_MARGIN)
+TRAIN_ACC_GATE=${TRAIN_ACC_GATE:-}            # empty: the paper (no gate); relative:D gates the pruning stages
+ORIGINAL_RULES=${ORIGINAL_RULES:-0}           # 1: the original's rules (README "Differences from the original implementation")
 ROOT=$CHECKPOINT_ROOT/CPG/experiment2/$ARCH
 SCRIPT=experiment2/CPG_imagenet.sh
 mkdir -p logs "$ROOT"
@@ -52,19 +54,27 @@ if [ ! -f "$GOALS_FILE" ]; then
   echo "accuracy goal file $GOALS_FILE not found: run experiment2/baseline_imagenet.sh first, or set GOALS_FILE=experiment2/goals_piggyback_resnet50.txt" >&2
   exit 3
 fi
-preflight --goals_file "$GOALS_FILE" --fractions GOAL_MARGIN="$GOAL_MARGIN" ALLOW_ACC_LOSS="$ALLOW_ACC_LOSS"   # before days of training
+fractions=(GOAL_MARGIN="$GOAL_MARGIN")
+if [ -n "$ALLOW_ACC_LOSS" ]; then fractions+=(ALLOW_ACC_LOSS="$ALLOW_ACC_LOSS"); fi
+preflight --goals_file "$GOALS_FILE" --fractions "${fractions[@]}"   # before days of training
 common=(--baseline_acc_file "$GOALS_FILE" --weight_decay "$WEIGHT_DECAY" --goal_margin "$GOAL_MARGIN"
         --max_allowed_network_width_multiplier "$MAX_WIDTH" --total_num_tasks "${#TASK_LIST[@]}"
         --patience "$PATIENCE")
+if [ -n "$ALLOW_ACC_LOSS" ]; then common+=(--allow_acc_loss "$ALLOW_ACC_LOSS"); fi
+if [ -n "$TRAIN_ACC_GATE" ]; then common+=(--train_acc_gate "$TRAIN_ACC_GATE"); fi
+if [ "$ORIGINAL_RULES" = 1 ]; then common+=(--original_rules); fi
 
-# task_flags N TASK: task N's Phase A and pruning flags (the hook of learn_task, tools/stages.sh).
+# task_flags N TASK: task N's flags (the hook of run_sequence, tools/stages.sh): Phase A and the
+# pruning stages in one process (utils/sequence.py).
 task_flags() {
   local epochs=$PRUNE_EPOCHS frequency=$PRUNING_FREQUENCY
   if [ "$1" -eq 1 ]; then epochs=$FIRST_TASK_PRUNE_EPOCHS; frequency=$FIRST_TASK_PRUNING_FREQUENCY; fi
   pretrained_flags "$1" "$2" "$FINETUNE_EPOCHS"
-  phase_a_flags=("${first_flags[@]}" --lr "$(per_task LR "$2" "$LR")" --lr_mask "$LR_MASK" "${common[@]}")
-  prune_flags=(--epochs "$epochs" --lr "$(per_task PRUNE_LR "$2" "$PRUNE_LR")" --pruning_frequency "$frequency"
-               "${common[@]}")
+  task_args=("${first_flags[@]}" --lr "$(per_task LR "$2" "$LR")" --lr_mask "$LR_MASK" "${common[@]}"
+             --network_width_multiplier "$START_WIDTH" --width_step "$WIDTH_STEP"
+             --pruning_ratios "${PRUNING_RATIOS[@]}" --prune_epochs "$epochs"
+             --prune_lr "$(per_task PRUNE_LR "$2" "$PRUNE_LR")" --pruning_interval "$PRUNING_INTERVAL"
+             --pruning_frequency "$frequency")
 }
 
 next_step() {

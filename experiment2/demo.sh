@@ -35,7 +35,7 @@ HAND_RATIO=${HAND_RATIO:-0.5}                   # the pruning ratio picked by ha
 read -r -a task_array <<< "$TASKS"
 
 start=$SECONDS
-python tools/make_toy_data.py --layout finegrained --out "$DATA_ROOT" --task_names "${task_array[@]}" \
+python tools/make_toy_data.py --if_missing --layout finegrained --out "$DATA_ROOT" --task_names "${task_array[@]}" \
   --classes 5 --train "${TOY_TRAIN:-100}" --test "${TOY_TEST:-20}" --size "${TOY_SIZE:-40}"
 RESULTS_FILE=$RESULTS_DIR/finetune_results.json bash experiment2/baseline_imagenet.sh
 TARGET_TASK_ID=1 bash experiment2/CPG_imagenet.sh

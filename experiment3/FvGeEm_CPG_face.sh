@@ -45,7 +45,9 @@ read -r -a PRUNING_RATIOS <<< "${PRUNING_RATIOS:-0.1 0.2 0.3 0.4 0.5 0.6 0.7 0.8
 PRUNING_INTERVAL=${PRUNING_INTERVAL:-4}       # epochs over which a stage ramps; only later epochs count
 WIDTH_STEP=${WIDTH_STEP:-0.5}
 MAX_WIDTH=${MAX_WIDTH:-1.5}
-ALLOW_ACC_LOSS=${ALLOW_ACC_LOSS:-0.0}         # automatic picks: tolerated accuracy below the goal
+ALLOW_ACC_LOSS=${ALLOW_ACC_LOSS:-}            # automatic picks: tolerated accuracy below the goal (empty: the task's GOAL_MARGIN)
+TRAIN_ACC_GATE=${TRAIN_ACC_GATE:-}            # empty: the paper (no gate); relative:D gates the pruning stages
+ORIGINAL_RULES=${ORIGINAL_RULES:-0}           # 1: the original's rules, AngleLoss's lambda restarting each stage too
 SCRIPT=experiment3/FvGeEm_CPG_face.sh
 mkdir -p logs "$ROOT"
 
@@ -58,7 +60,7 @@ fi
 check_target "$TARGET_TASK_ID"
 if [ -n "$AGE_FOLD" ]; then   # folds write only their own task folder: they may run side by side
   lock_run "$ROOT" shared
-  lock_run "$ROOT/${TASK_LIST[$TARGET_TASK_ID-1]}"
+  lock_run "$ROOT" exclusive ".lock_${TASK_LIST[$TARGET_TASK_ID-1]}"   # no task folder before it is learned
 else
   lock_run "$ROOT"
 fi
@@ -66,28 +68,31 @@ if [ ! -f "$GOALS_FILE" ]; then
   echo "accuracy goal file $GOALS_FILE not found: run experiment3/baseline_face.sh first, or set GOALS_FILE=experiment3/goals_paper_face.txt" >&2
   exit 3
 fi
-fractions=(ALLOW_ACC_LOSS="$ALLOW_ACC_LOSS")
+fractions=()
+if [ -n "$ALLOW_ACC_LOSS" ]; then fractions+=(ALLOW_ACC_LOSS="$ALLOW_ACC_LOSS"); fi
 for task in "${PREFLIGHT_TASKS[@]}"; do fractions+=("GOAL_MARGIN_$task=$(task_setting GOAL_MARGIN "$task")"); done
 preflight --goals_file "$GOALS_FILE" --fractions "${fractions[@]}"   # data, pairs, goals, knobs: before days of training
 num_tasks=${#TASK_LIST[@]}
 if [ -z "$AGE_FOLD" ] && [ ${#AGE_TASKS[@]} -gt 0 ]; then num_tasks=$((num_tasks + 1)); fi
 common=(--baseline_acc_file "$GOALS_FILE" --weight_decay "$WEIGHT_DECAY" --patience "$PATIENCE"
         --max_allowed_network_width_multiplier "$MAX_WIDTH" --total_num_tasks "$num_tasks")
+if [ -n "$ALLOW_ACC_LOSS" ]; then common+=(--allow_acc_loss "$ALLOW_ACC_LOSS"); fi
+if [ -n "$TRAIN_ACC_GATE" ]; then common+=(--train_acc_gate "$TRAIN_ACC_GATE"); fi
+if [ "$ORIGINAL_RULES" = 1 ]; then common+=(--original_rules); fi
 
-# task_flags N TASK: task N's Phase A and pruning flags (the hook of learn_task, tools/stages.sh).
+# task_flags N TASK: task N's flags (the hook of run_sequence, tools/stages.sh): Phase A and the
+# pruning stages in one process (utils/sequence.py), with the task's row of the table above.
 task_flags() {
-  local task=$2 batch margin
-  batch=$(task_setting BATCH_SIZE "$task")
-  margin=$(task_setting GOAL_MARGIN "$task")
-  phase_a_flags=(--epochs "$FINETUNE_EPOCHS")
+  local task=$2 first=(--epochs "$FINETUNE_EPOCHS")
   if [ "$1" -eq 1 ] && [ -n "$PRETRAINED_PATH" ]; then
-    phase_a_flags=(--pretrained "$PRETRAINED_PATH" --epochs 0)   # loaded and evaluated (spec §9.1)
+    first=(--pretrained "$PRETRAINED_PATH" --epochs 0)   # loaded and evaluated (spec §9.1)
   fi
-  phase_a_flags+=(--batch_size "$batch" --lr "$(task_setting LR "$task")" --lr_mask "$LR_MASK"
-                  --goal_margin "$margin" "${common[@]}")
-  prune_flags=(--batch_size "$batch" --epochs "$(task_setting PRUNE_EPOCHS "$task")"
-               --lr "$(task_setting PRUNE_LR "$task")" --pruning_frequency "$(task_setting PRUNING_FREQUENCY "$task")"
-               --goal_margin "$margin" "${common[@]}")
+  task_args=("${first[@]}" --batch_size "$(task_setting BATCH_SIZE "$task")" --lr "$(task_setting LR "$task")"
+             --lr_mask "$LR_MASK" --goal_margin "$(task_setting GOAL_MARGIN "$task")" "${common[@]}"
+             --network_width_multiplier "$START_WIDTH" --width_step "$WIDTH_STEP"
+             --pruning_ratios "${PRUNING_RATIOS[@]}" --prune_epochs "$(task_setting PRUNE_EPOCHS "$task")"
+             --prune_lr "$(task_setting PRUNE_LR "$task")" --pruning_interval "$PRUNING_INTERVAL"
+             --pruning_frequency "$(task_setting PRUNING_FREQUENCY "$task")")
 }
 
 next_step() {

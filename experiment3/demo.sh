@@ -41,7 +41,7 @@ ages=()
 for fold in ${folds[@]+"${folds[@]}"}; do ages+=("age$fold"); done
 
 start=$SECONDS
-python tools/make_toy_data.py --layout face --out "$DATA_ROOT" --pairs_out "$PAIRS_FILE" \
+python tools/make_toy_data.py --if_missing --layout face --out "$DATA_ROOT" --pairs_out "$PAIRS_FILE" \
   --task_names face_verification gender emotion ${ages[@]+"${ages[@]}"} --size "${TOY_SIZE:-32}"
 RESULTS_FILE=$RESULTS_DIR/finetune_results.json bash experiment3/baseline_face.sh
 TARGET_TASK_ID=1 bash experiment3/FvGeEm_CPG_face.sh

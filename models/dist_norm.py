@@ -21,8 +21,17 @@ import torch.distributed as dist
 import torch.nn as nn
 
 
+GLOBAL_STATISTICS = True   # False (--no-sync_bn): each rank normalises over its own batch
+
+
+def set_global_statistics(on):
+    """--sync_bn: under DDP, normalise over the global batch (default) or each rank's own."""
+    global GLOBAL_STATISTICS
+    GLOBAL_STATISTICS = bool(on)
+
+
 def _world_size():
-    if not (dist.is_available() and dist.is_initialized()):
+    if not (GLOBAL_STATISTICS and dist.is_available() and dist.is_initialized()):
         return 1
     return dist.get_world_size()
 

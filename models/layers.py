@@ -105,7 +105,8 @@ multiply; masked_fill_/where cost ~15x more on CPU.
             grad_score = gate_(torch.mul(grad, weight), old_gate)
         grad_weight = None
         if ctx.needs_input_grad[0]:
-            grad_weight = grad.contiguous() if not grad.is_contiguous() else grad
+            # in place below, so a tensor of its own, laid out as the weight (channels_last too)
+            grad_weight = grad if grad.stride() == weight.stride() else torch.empty_like(weight).copy_(grad)
             if ctx.weight_decay:
                 grad_weight.add_(weight, alpha=ctx.weight_decay)
             if own_gate is not None:
@@ -210,17 +211,25 @@ class MaskedLayer(nn.Module):
         self._eval_cache = None
 
     @torch.no_grad()
-    def release_(self, keep, keep_float):
+    def release_(self, keep, keep_float, zero=True):
         """Free the entries where `keep` is False (bool, weight shape; keep_float: the same as
         the weight's dtype): owner 0, weight 0, gradient gate closed. Works in place, the
-        cheapest way to do it: no full-size allocation in the pruning hot path."""
+        cheapest way to do it: no full-size allocation in the pruning hot path. zero=False (the
+        original's timing): the weights keep their values until zero_free_() at the next
+        validation; no other task reads an entry of owner 0, so only this task's forward sees them."""
         self.owner.mul_(keep)
-        self.weight.mul_(keep_float)
+        if zero:
+            self.weight.mul_(keep_float)
         if self._phase is not None:
             if self._phase['own_gate'] is None:   # the task owned everything until now
                 self._phase['own_gate'] = gate_mask(keep, self.weight.dtype)
             else:
                 self._phase['own_gate'].mul_(keep)
+
+    @torch.no_grad()
+    def zero_free_(self):
+        """Zero every free entry's weight (released with zero=False since the last call)."""
+        self.weight.masked_fill_(self.owner == 0, 0.0)
 
     def refresh_ownership(self):
         """Re-derive the gradient gate after the pruner released entries (every few steps)."""

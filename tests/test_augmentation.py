@@ -6,48 +6,45 @@ Each loaded item is matched to the crop offset and flip that produce it from its
 so the test sees the draws themselves, not just a changed sample order.
 """
 from types import SimpleNamespace
+from unittest import mock
 
+import pytest
 import torch
 import torch.nn.functional as F
 
 from cpg_testlib import make_toy_data
-from utils.cifar100_dataset import CifarTasks
+from utils.cifar100_dataset import DEVICE_DATA_LIMIT, CifarTasks
 from utils.data import seed_loader_epoch
 
 SEED, TASK, PAD = 3, 'toy_task_1', 4
 
 
-def _loader(root):
+def _loader(root, on_device):
+    """The provider's train loader: the task kept on the device (batch-wise draws) or loaded
+    image by image (a task over the device limit)."""
     args = SimpleNamespace(data_root=root, batch_size=16, val_batch_size=50, workers=0, seed=SEED,
                            val_fraction=0.0, num_classes=None)
-    return CifarTasks(args, 'cpu').loaders(TASK)[0]
+    with mock.patch('utils.cifar100_dataset.DEVICE_DATA_LIMIT', DEVICE_DATA_LIMIT if on_device else -1):
+        return CifarTasks(args, 'cpu').loaders(TASK)[0]
 
 
 def _epoch_items(loader, epoch):
-    """{folder row: augmented image} of one epoch of `loader`, read as the loader loads them."""
+    """{folder row: augmented image} of one epoch of `loader`, as the loader yields them."""
     dataset = loader.dataset
-    seen = {}
-    load = type(dataset).load
-
-    def recording_load(row, generator):
-        item = load(dataset, row, generator)
-        seen[row] = item[0].clone()
-        return item
-
-    dataset.load = recording_load   # instance attribute: the loader's own __getitem__ calls it
-    try:
-        seed_loader_epoch(loader, SEED, epoch)
-        batches = [(images, labels) for images, labels in loader]
-    finally:
-        del dataset.load
-    assert sum(len(labels) for _, labels in batches) == len(seen) == len(dataset)
-    return seen
+    seed_loader_epoch(loader, SEED, epoch)
+    if hasattr(loader, 'epoch_rows'):   # on the device: the epoch's order is known up front
+        rows = loader.epoch_rows().tolist()
+    else:                               # image by image: the sampler's order (no workers)
+        rows = [index for _, index in loader.batch_sampler.sampler]
+    images = torch.cat([images for images, _ in loader])
+    assert len(rows) == len(images) == len(dataset)
+    return {row: image for row, image in zip(rows, images)}
 
 
 def _draw(dataset, row, image):
     """(top, left, flipped) of the crop that turns stored row `row` into `image`."""
     padded = F.pad(dataset.images[row], (PAD, PAD, PAD, PAD)).float() / 255.0   # (3, 40, 40)
-    mean, std = dataset.mean, dataset.std
+    mean, std = dataset.mean.view(3, 1, 1), dataset.std.view(3, 1, 1)
     for flipped in (False, True):
         for top in range(2 * PAD + 1):
             for left in range(2 * PAD + 1):
@@ -58,9 +55,10 @@ def _draw(dataset, row, image):
     raise AssertionError(f'row {row}: the loaded image is no padded crop (or flip) of its own image')
 
 
-def test_crops_and_flips_change_every_epoch_and_repeat_for_seed_and_epoch(tmp_path):
+@pytest.mark.parametrize('on_device', [True, False])
+def test_crops_and_flips_change_every_epoch_and_repeat_for_seed_and_epoch(tmp_path, on_device):
     root = make_toy_data(tmp_path / 'toy', tasks=1, train=12, test=2)   # 60 train images
-    loader = _loader(root)
+    loader = _loader(root, on_device)
     dataset = loader.dataset
     epochs = [_epoch_items(loader, epoch) for epoch in range(3)]
     draws = [{row: _draw(dataset, row, image) for row, image in items.items()} for items in epochs]
@@ -76,7 +74,7 @@ def test_crops_and_flips_change_every_epoch_and_repeat_for_seed_and_epoch(tmp_pa
     # the same (seed, epoch) in a fresh loader, after other draws of the global RNG: the same images
     torch.manual_seed(12345)
     torch.rand(7)
-    again = _epoch_items(_loader(root), 1)
+    again = _epoch_items(_loader(root, on_device), 1)
     assert again.keys() == epochs[1].keys()
     for row in rows:
         assert torch.equal(again[row], epochs[1][row]), row

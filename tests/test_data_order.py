@@ -6,14 +6,16 @@ import json
 import os
 import random
 from types import SimpleNamespace
+from unittest import mock
 
 import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from utils.cifar100_dataset import CifarTasks
+from utils.cifar100_dataset import DEVICE_DATA_LIMIT, CifarTasks
 from utils.data import EpochKeyedSampler, WorkerSeeder, make_loader, seed_loader_epoch, train_sampler
+from utils.device_data import DeviceBatches
 from utils.distributed import Distributed, RankSeededSampler
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -44,27 +46,45 @@ def _same(batches_a, batches_b):
         torch.equal(xa, xb) and torch.equal(ya, yb) for (xa, ya), (xb, yb) in zip(batches_a, batches_b))
 
 
-def _train_loader(root, workers, dist=None):
-    """The provider's train loader, global batch 8 (under 2 ranks: 4 per rank)."""
+def _train_loader(root, workers, dist=None, on_device=False):
+    """The provider's train loader, global batch 8 (under 2 ranks: 4 per rank): the DataLoader of
+    a task too large for the device, or (on_device) the batches of one kept there."""
     args = SimpleNamespace(data_root=root, batch_size=8, val_batch_size=10, workers=workers,
                            seed=SEED, val_fraction=0.0, num_classes=None)
-    return CifarTasks(args, 'cpu', dist).loaders(TASK)[0]
+    with mock.patch('utils.cifar100_dataset.DEVICE_DATA_LIMIT', DEVICE_DATA_LIMIT if on_device else -1):
+        return CifarTasks(args, 'cpu', dist).loaders(TASK)[0]
 
 
-@pytest.mark.parametrize('workers', [0, pytest.param(2, marks=pytest.mark.slow)])  # 2: worker processes
+@pytest.mark.parametrize('workers', [0, pytest.param(2, marks=pytest.mark.slow), 'device'])  # 2: worker processes
 def test_epoch_batches_depend_only_on_seed_and_epoch(small_toy, workers):
     """Epochs 0..3 in one loader, then epoch 3 alone in a fresh one: bitwise the same batches."""
-    loader = _train_loader(small_toy, workers)
-    assert loader.num_workers == workers
-    # keyed samples: train workers live across epochs and stay exact
-    assert isinstance(train_sampler(loader), EpochKeyedSampler) and loader.persistent_workers == (workers > 0)
+    on_device = workers == 'device'
+    workers = 0 if on_device else workers
+    loader = _train_loader(small_toy, workers, on_device=on_device)
+    if on_device:
+        assert isinstance(loader, DeviceBatches)
+    else:
+        assert loader.num_workers == workers
+        # keyed samples: train workers live across epochs and stay exact
+        assert isinstance(train_sampler(loader), EpochKeyedSampler) and loader.persistent_workers == (workers > 0)
     continued = [_epoch(loader, epoch) for epoch in range(4)]
     torch.manual_seed(12345)  # another process's history of the global RNG
-    resumed = _epoch(_train_loader(small_toy, workers), 3)
+    resumed = _epoch(_train_loader(small_toy, workers, on_device=on_device), 3)
     assert _same(continued[3], resumed)
     # and the epochs differ from each other (here: their order of samples)
     for a, b in zip(continued, continued[1:]):
         assert not torch.equal(torch.cat([y for _, y in a]), torch.cat([y for _, y in b]))
+
+
+@pytest.mark.parametrize('rank', [None, 0, 1])
+def test_a_task_on_the_device_gives_the_loaders_batches(small_toy, rank):
+    """A task kept on the device (DeviceBatches: batch-wise crops and flips) and the same task
+    loaded image by image give bitwise the same batches, epoch after epoch, alone or as a rank."""
+    dist = None if rank is None else Distributed(rank=rank, local_rank=rank, world_size=2, device='cpu', backend='gloo')
+    on_device, loaded = _train_loader(small_toy, 0, dist, on_device=True), _train_loader(small_toy, 0, dist)
+    assert isinstance(on_device, DeviceBatches) and not isinstance(loaded, DeviceBatches)
+    for epoch in range(3):
+        assert _same(_epoch(on_device, epoch), _epoch(loaded, epoch)), epoch
 
 
 @pytest.mark.slow  # starts processes

@@ -81,7 +81,7 @@ def test_the_script_stops_a_diverging_task_with_one_line_and_keeps_earlier_work(
     proc = _run('CPG_cifar100_scratch_mul_1.5.sh', env)
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
     log = task_dir / 'toy_task_2' / 'train.log'
-    assert f'stopping: Phase A of toy_task_2 exited with status 1 (see {log})' in proc.stderr
+    assert f'stopping: task toy_task_2 exited with status 1 (see {log})' in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith('error:')]
     assert len(errors) == 1 and 'task 2' in errors[0], errors
     assert 'non-finite' in errors[0] and 'nothing of this stage was saved' in errors[0], errors
@@ -90,4 +90,4 @@ def test_the_script_stops_a_diverging_task_with_one_line_and_keeps_earlier_work(
     scratch2 = task_dir / 'toy_task_2' / 'scratch'
     assert not (scratch2 / 'checkpoint.pth.tar').exists()
     assert not (scratch2 / 'result.json').exists()  # nothing a rerun would replay
-    assert (scratch2 / 'exit_status').read_text().strip() == '1'
+    assert (task_dir / 'toy_task_2' / 'exit_status').read_text().strip() == '1'   # the task's process

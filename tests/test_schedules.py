@@ -178,17 +178,23 @@ def test_pruning_stage_keeps_its_best_epoch_after_the_interval(tmp_path, monkeyp
                        pruning_ratio_to_acc_record_file=str(record))
     # validations: before pruning, then epochs 0, 1, 2
     monkeypatch.setattr(Manager, 'validate', _scripted_validate([0.5, 0.95, 0.3, 0.4], {'n': 0}))
-    saved = []
-    original_save = cli.engine.PhaseContext.save
+    saved, kept = [], []
+    original_save, original_keep = cli.engine.PhaseContext.save, cli.engine.PhaseContext.keep_best
 
-    def spy(self, model, *a, **k):
+    def spy_save(self, model, *a, **k):
         saved.append(model.tasks[0]['accuracy'])
         return original_save(self, model, *a, **k)
 
-    monkeypatch.setattr(cli.engine.PhaseContext, 'save', spy)
+    def spy_keep(self, model):
+        kept.append(model.tasks[0]['accuracy'])
+        return original_keep(self, model)
+
+    monkeypatch.setattr(cli.engine.PhaseContext, 'save', spy_save)
+    monkeypatch.setattr(cli.engine.PhaseContext, 'keep_best', spy_keep)
     assert cli.main(prune) == 0
     with open(tmp_path / 'prune' / 'result.json') as f:
         result = json.load(f)
     assert (result['accuracy'], result['epoch']) == (0.4, 2)
-    assert saved == [0.3, 0.4]  # epoch 0 (0.95, still ramping) was never saved
+    assert kept == [0.3, 0.4]  # epoch 0 (0.95, still ramping) was never a candidate
+    assert saved == [0.4]      # and the best is written once, when the stage ends
     assert json.loads(record.read_text()) == {'0.5': 0.4}

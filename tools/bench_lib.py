@@ -17,8 +17,8 @@ from models import build_model  # noqa: E402
 from models.layers import PICK_INIT, PICK_THRESHOLD, scaled_width  # noqa: E402
 from models.resnet import BLOCKS, EXPANSION, PLANES  # noqa: E402
 from models.vgg import FC_WIDTH, VGG16_CFG  # noqa: E402
-from utils.compact import compact_state_dict, owner_bits, save_compact_checkpoint  # noqa: E402
-from utils.checkpoint import save_checkpoint  # noqa: E402
+from utils.checkpoint import save_checkpoint, save_compact_checkpoint  # noqa: E402
+from utils.compact import compact_state_dict, owner_bits  # noqa: E402
 from utils.grower import assign_free_capacity  # noqa: E402
 from utils.pruner import release_smallest  # noqa: E402
 

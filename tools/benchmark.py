@@ -72,6 +72,8 @@ def get_args_parser():
     parser.add_argument('--quick', action='store_true', help='fewer steps of the same models (< 2 min on a 2-core CPU)')
     parser.add_argument('--amp', action='store_true',
                         help='bf16 autocast in the timed steps (CUDA only; ignored on CPU)')
+    parser.add_argument('--compile', action='store_true',
+                        help='torch.compile every model\'s forward (dense and CPG alike) before timing')
     parser.add_argument('--channels_last', action='store_true',
                         help='channels-last models and inputs in the timed steps (CUDA only; ignored on CPU)')
     parser.add_argument('--threads', type=int, default=None, help='torch.set_num_threads (default: torch default)')
@@ -115,6 +117,7 @@ class Bench:
 
     def __init__(self, args, device):
         self.device, self.amp, self.channels_last = device, args.amp, args.channels_last
+        self.compiled = {} if args.compile else None   # id(model) -> torch.compile(model)
         self.image_size, width, arch = args.image_size, args.base_width, args.arch
         self.dense = BENCH_MODELS[arch]['dense'](width).to(device)
         self.dense_sgd = torch.optim.SGD(self.dense.parameters(), lr=LR, momentum=0.9, nesterov=True,
@@ -154,13 +157,20 @@ class Bench:
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
 
+    def _net(self, model):
+        if self.compiled is None:
+            return model
+        if id(model) not in self.compiled:
+            self.compiled[id(model)] = torch.compile(model)
+        return self.compiled[id(model)]
+
     def _train(self, model, optimizers, size, batch=None):
         x, y = self.batch(size) if batch is None else batch
         model.train()
         for opt in optimizers:
             opt.zero_grad(set_to_none=True)
         with self._autocast():
-            loss = F.cross_entropy(model(x), y)
+            loss = F.cross_entropy(self._net(model)(x), y)
         loss.backward()
         for opt in optimizers:
             opt.step()

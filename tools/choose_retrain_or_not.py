@@ -9,16 +9,14 @@ retrain/result.json says whether some retrain epoch beat the pruned model's accu
 recorded in retrain/promoted.json; running the tool again gives the same result.
 """
 import argparse
-import json
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from utils.checkpoint import CHECKPOINT_NAME, atomic_write_json, copy_checkpoint  # noqa: E402
 from utils.cli import run_tool  # noqa: E402
-from utils.errors import CPGError  # noqa: E402
 from utils.logger import setup_logger  # noqa: E402
+from utils.ratio_choice import keep_retrain_if_improved  # noqa: E402
 
 
 def get_args_parser():
@@ -28,29 +26,9 @@ def get_args_parser():
     return parser
 
 
-def read_result(path):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise CPGError(f'no retrain result at {path}; run the retrain (--finetune_again) first') from None
-    except (OSError, ValueError):
-        raise CPGError(f'cannot read {path}; delete it and rerun the retrain') from None
-
-
 def main(args):
     logger = setup_logger(args.log_path, name='chooser')
-    retrain_dir = os.path.join(args.task_folder, 'retrain')
-    result = read_result(os.path.join(retrain_dir, 'result.json'))
-    keep = bool(result.get('improved'))
-    retrained = os.path.join(retrain_dir, CHECKPOINT_NAME)
-    if keep:
-        if not os.path.isfile(retrained):
-            raise CPGError(f'{retrain_dir}/result.json says the retrain improved but {retrained} is '
-                           f'missing; delete result.json and rerun the retrain')
-        copy_checkpoint(retrained, os.path.join(args.task_folder, 'gradual_prune', CHECKPOINT_NAME))
-    atomic_write_json(os.path.join(retrain_dir, 'promoted.json'),
-                      {'retrained_model_kept': keep, 'accuracy': result.get('accuracy')})
+    keep = keep_retrain_if_improved(args.task_folder)
     logger.info('retrain %s', 'improved the task: retrained model kept' if keep
                 else 'did not improve: pruned model kept')
     return 0

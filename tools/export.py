@@ -17,8 +17,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from utils.checkpoint import (CHECKPOINT_NAME, load_checkpoint, model_from_checkpoint,  # noqa: E402
-                              resolve_checkpoint)
-from utils.compact import owner_bits, save_compact_checkpoint  # noqa: E402
+                              resolve_checkpoint, save_compact_checkpoint)
+from utils.compact import owner_bits  # noqa: E402
 from utils.errors import CPGError  # noqa: E402
 
 

@@ -21,6 +21,7 @@ give byte-identical files.
 """
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -75,6 +76,9 @@ def get_args_parser():
                         help='pairs in the pairs file, half same-person (10 folds of 12 by default)')
     parser.add_argument('--missing_pairs', type=int, default=0,
                         help='extra pairs naming images that do not exist (skipped by the readers)')
+    parser.add_argument('--if_missing', action='store_true',
+                        help='keep a complete earlier copy made with the same settings (its manifest and '
+                             'every file\'s size match); a partial or damaged one is made again')
     parser.add_argument('--pairs_out', default=None,
                         help='where the pairs file goes (default: <out>/lfw_pairs.txt)')
     return parser
@@ -191,8 +195,49 @@ def pairs_path(args):
     return args.pairs_out or os.path.join(args.out, 'lfw_pairs.txt')
 
 
+MANIFEST = '.toy_data.json'   # <out>/: the settings and every file's size, written last
+
+
+def _settings(args):
+    return {k: v for k, v in sorted(vars(args).items()) if k not in ('if_missing',)}
+
+
+def _files(out):
+    """{relative path: bytes} of every file under `out` but the manifest."""
+    found = {}
+    for root, _, names in os.walk(out):
+        for name in names:
+            path = os.path.join(root, name)
+            rel = os.path.relpath(path, out)
+            if rel != MANIFEST:
+                found[rel] = os.path.getsize(path)
+    return found
+
+
+def complete_copy(args):
+    """True when `args.out` holds what these settings make, whole (manifest and sizes match)."""
+    try:
+        with open(os.path.join(args.out, MANIFEST)) as f:
+            manifest = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return (manifest.get('settings') == json.loads(json.dumps(_settings(args)))
+            and manifest.get('files') == _files(args.out) and manifest.get('pairs') == _pairs_size(args))
+
+
+def _pairs_size(args):
+    """Bytes of the face layout's pairs file (it may lie outside --out), None if there is none."""
+    path = pairs_path(args) if args.layout == 'face' else None
+    return os.path.getsize(path) if path and os.path.isfile(path) else None
+
+
 def main(args):
     """Generate all tasks; returns the process exit status."""
+    if args.if_missing and complete_copy(args):
+        print(f'{args.out}: complete (made before with the same settings), kept')
+        return 0
+    if args.if_missing and os.path.isdir(args.out):   # partial, damaged or other settings: anew
+        shutil.rmtree(args.out)
     default_names = (FACE_TASKS if args.layout == 'face' else
                      [f'toy_task_{k}' for k in range(1, args.tasks + 1)])
     names = args.task_names or list(default_names)
@@ -214,6 +259,9 @@ def main(args):
     size = {'cifar': f'{args.size}px', 'face': f'JPEG, {args.size}px',
             'finegrained': f'JPEG, sides {int(round(SIZE_RANGE[0] * args.size))}-'
                            f'{int(round(SIZE_RANGE[1] * args.size))}px'}[args.layout]
+    if args.if_missing:   # last: a copy without it is partial, and is made again next time
+        with open(os.path.join(args.out, MANIFEST), 'w') as f:
+            json.dump({'settings': _settings(args), 'files': _files(args.out), 'pairs': _pairs_size(args)}, f)
     print(f'{args.out}: {len(names)} tasks x {args.classes} classes, {args.train} train + '
           f'{args.test} test images per class ({total} images, {args.layout} layout, {size}, '
           f'noise {args.noise}{pairs_note}) in {time.time() - start:.1f}s')

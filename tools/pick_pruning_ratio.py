@@ -26,14 +26,12 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from utils.checkpoint import read_sidecar  # noqa: E402
 from utils.cli import ArgumentParser, run_tool  # noqa: E402
 from utils.errors import CPGError  # noqa: E402
-from utils.ratio_choice import (choose_ratio, format_record_table, is_at_max_width, promote,  # noqa: E402
-                                read_choice, stage_checkpoint, task_width)
+from utils.ratio_choice import (PICK_TOOL as TOOL, check_required, choose_ratio, is_at_max_width,  # noqa: E402
+                                promote, record_report, required_sparsity, task_goal_margin, task_width)
 from utils.records import check_fraction, ratio_key, read_goal, read_record  # noqa: E402
 
-TOOL = 'tools/pick_pruning_ratio.py'
 
 
 def get_args_parser():
@@ -50,8 +48,9 @@ def get_args_parser():
                       help='promote the stage of this sparsity, as recorded in record.txt (0 = unpruned scratch/)')
     pick.add_argument('--auto', action='store_true',
                       help='promote what experiment 1\'s automatic rule chooses (needs the goal)')
-    parser.add_argument('--allow_acc_loss', type=float, default=0.0,
-                        help='rule: tolerated accuracy below the goal (fraction, e.g. 0.01)')
+    parser.add_argument('--allow_acc_loss', type=float, default=None,
+                        help='rule: tolerated accuracy below the goal (fraction, e.g. 0.01; default: the goal '
+                             'margin the task\'s Phase A accepted with, else 0)')
     parser.add_argument('--max_allowed_network_width_multiplier', type=float, default=1.5,
                         help='rule: maximum raw width; at it a task that missed its goal unpruned keeps '
                              'its highest sparsity')
@@ -114,41 +113,17 @@ def parse_ratio(text):
     return ratio_key(0.0 if value == 0 else value)  # -0 is 0
 
 
-def pick_command(args, ratio):
-    argv = ['python', TOOL, '--task_folder', args.task_folder]
-    if args.dataset:
-        argv += ['--dataset', args.dataset]
-    if args.baseline_acc_file:
-        argv += ['--baseline_acc_file', args.baseline_acc_file]
-    return ' '.join(shlex.quote(a) for a in argv) + f' --ratio {ratio}'
-
-
 def print_table(args, task, record):
     goal, why = optional_goal(args, task)
-    scratch_meta = read_sidecar(stage_checkpoint(args.task_folder, None))
-    width = scratch_meta.get('network_width_multiplier') if scratch_meta else None
-    suggested = None
-    if goal is not None:
-        suggested = choose_ratio(record, goal, args.allow_acc_loss,
-                                 is_at_max_width(width, args.max_allowed_network_width_multiplier)) or '0.0'
-    exists = {key: os.path.isfile(stage_checkpoint(args.task_folder, key)) for key in record}
-    print(f'{task}: {os.path.join(args.task_folder, "gradual_prune", "record.txt")}'
-          + (f' (width multiplier {width})' if width is not None else ''))
-    for line in format_record_table(record, goal, suggested, read_choice(args.task_folder), exists):
+    for line in record_report(args.task_folder, task, record, goal, args.baseline_acc_file, args.allow_acc_loss,
+                              args.max_allowed_network_width_multiplier, dataset=args.dataset, why=why):
         print(line)
-    if goal is None:
-        print(f'no accuracy goal ({why}): no goal column and no suggestion; '
-              f'pass --baseline_acc_file GOALS.json to see them')
-        print(f'pick one: {pick_command(args, "<sparsity>")}')
-        return 0
-    print(f'goal {100 * goal:.2f}% ({task} in {args.baseline_acc_file}); the automatic rule '
-          f'(allow_acc_loss {args.allow_acc_loss}, max width {args.max_allowed_network_width_multiplier}) '
-          f'suggests {suggested}')
-    print(f'pick it: {pick_command(args, suggested)}')
     return 0
 
 
 def main(args):
+    if args.allow_acc_loss is None:   # a stage accepted within the goal margin is suggested too
+        args.allow_acc_loss = task_goal_margin(args.task_folder)
     problem = check_fraction('--allow_acc_loss (ALLOW_ACC_LOSS)', args.allow_acc_loss)
     if problem:
         raise CPGError(problem)
@@ -164,13 +139,17 @@ def main(args):
         goal = read_goal(args.baseline_acc_file, task)
         width = task_width(args.task_folder, task)
         key = choose_ratio(record, goal, args.allow_acc_loss,
-                           is_at_max_width(width, args.max_allowed_network_width_multiplier)) or '0.0'
+                           is_at_max_width(width, args.max_allowed_network_width_multiplier),
+                           required_sparsity(args.task_folder)) or '0.0'
     else:
         goal, _ = optional_goal(args, task)
         if key not in record:
             raise CPGError(f'sparsity {key} is not in {os.path.join(args.task_folder, "gradual_prune", "record.txt")} '
                            f'(recorded: {", ".join(sorted(record, key=float))}); print the table with: '
                            f'python {TOOL} --task_folder {shlex.quote(args.task_folder)}')
+        required = required_sparsity(args.task_folder)
+        if required:   # the must-prune rule: a hand pick may not undo it either
+            check_required(record, required, key)
     chosen, copied = promote(os.path.abspath(args.task_folder), key, record, task, goal,
                              picked_by='auto' if args.auto else 'hand')
     acc = chosen['accuracy']

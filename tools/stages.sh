@@ -1,7 +1,8 @@
 # Bash functions shared by every experiment's scripts (sourced, not run). An experiment's
 # common.sh sets its knobs and MAIN (its entry script), plus optional arrays DATA_FLAGS (extra
-# flags of every stage) and PREFLIGHT_FLAGS, then sources this file. The experiment scripts hold
-# only their settings and the order of the phases; how a phase runs, grows and resumes is here.
+# flags of every process) and PREFLIGHT_FLAGS, then sources this file. A script holds its
+# settings and a hook task_flags; the loop over the tasks is here, and each task runs in ONE
+# process (--mode task, utils/sequence.py: Phase A with growth, pruning stages, pick, retrain).
 
 # ----- one run per checkpoint root, and signals that reach the running stage --------------------
 # run_child CMD...: CMD as a child of this script whose INT/TERM reach it. Bash runs a trap only
@@ -49,66 +50,85 @@ lock_holders() {
   done
 }
 
-# lock_run DIR [shared]: this run holds DIR (its method's checkpoint root) until it ends; a second
+# lock_run DIR [shared|exclusive [NAME]]: this run holds DIR (its method's checkpoint root) through
+# DIR/NAME (default .lock) until it ends; a second
 # run on DIR stops with one line naming the holder. flock(1) locks an open file: the kernel
 # releases it when the last holder ends, even by kill -9, so a lock is never stale. The stages
 # inherit the descriptor: an orphaned stage keeps the folder locked while it still writes.
 # `shared`: runs that write only below DIR in folders of their own (experiment 3's age folds)
 # may hold DIR together; an exclusive holder excludes them all.
 lock_run() {
-  local dir=$1 mode=${2:-exclusive} fd holders pid
+  local dir=$1 mode=${2:-exclusive} fd holders pid lock=$1/${3:-.lock}
   mkdir -p "$dir"
-  exec {fd}>> "$dir/.lock"
-  if ! flock -n "$([ "$mode" = shared ] && echo -s || echo -x)" "$fd"; then
+  exec {fd}>> "$lock"
+  local how; how=$([ "$mode" = shared ] && echo -s || echo -x)
+  if ! flock -n "$how" "$fd"; then
     holders=""
     while read -r pid; do   # the scripts that took the lock, if they still run
       if [ -n "$pid" ] && kill -0 "$pid" 2> /dev/null; then holders="$holders $pid"; fi
-    done < "$dir/.lock"
-    if [ -z "$holders" ]; then holders=$(lock_holders "$dir/.lock"); fi   # e.g. an orphaned stage
-    echo "error: another run is using $dir (process${holders:- unknown}); wait for it to end, stop it, or give this run its own CHECKPOINT_ROOT" >&2
-    exit 1
+    done < "$lock"
+    # No script holds it: what does is a stage of a killed run, ending (kill -9 of the whole
+    # run: its processes take a moment to go), or an orphan that still trains. Give it a moment.
+    if [ -n "$holders" ] || ! flock -w "${LOCK_WAIT_SECONDS:-10}" "$how" "$fd"; then
+      if [ -z "$holders" ]; then holders=$(lock_holders "$lock"); fi
+      echo "error: another run is using $dir (process${holders:- unknown}); wait for it to end, stop it, or give this run its own CHECKPOINT_ROOT" >&2
+      exit 1
+    fi
   fi
-  if [ "$mode" = shared ]; then echo "$$" >> "$dir/.lock"; else echo "$$" > "$dir/.lock"; fi
+  if [ "$mode" = shared ]; then echo "$$" >> "$lock"; else echo "$$" > "$lock"; fi
 }
 
-# cpg ARGS...: the entry script with the common flags; NPROC > 1 launches torchrun (DDP).
+# cpg ARGS...: the entry script with the common flags; NPROC > 1 launches torchrun (DDP), with
+# TORCHRUN_ARGS for a run across machines (default --standalone). GPU knobs: AMP=bf16|fp16,
+# CHANNELS_LAST=1, COMPILE=1, DETERMINISTIC=1 (cuDNN benchmark off), SYNC_BN=0 (per-rank BatchNorm).
 cpg() {
   local launcher=(python)
   if [ "$NPROC" -gt 1 ]; then
-    # torchrun answers Ctrl-C with warnings and a traceback of its own: it runs in a session of its
-    # own, which the terminal's SIGINT does not reach (the trap below stops it), and it ends with
-    # this script (--pdeathsig), even when the script is killed with -9. Its start-up warnings
-    # (the OMP_NUM_THREADS notice) show at VERBOSE=1.
+    # torchrun answers Ctrl-C with warnings and a traceback of its own: it runs in a session of
+    # its own, which the terminal's SIGINT does not reach (the trap above stops it), and ends with
+    # this script (--pdeathsig), even a script killed with -9. Its own warnings at VERBOSE=1.
+    read -r -a rdzv <<< "${TORCHRUN_ARGS:---standalone}"
     launcher=(env LOGLEVEL="${LOGLEVEL:-$([ "${VERBOSE:-0}" = 1 ] && echo WARNING || echo ERROR)}"
-              torchrun --standalone --nproc_per_node="$NPROC")
+              torchrun "${rdzv[@]}" --nproc_per_node="$NPROC")
     if command -v setsid > /dev/null && command -v setpriv > /dev/null; then
       launcher=(setsid setpriv --pdeathsig TERM "${launcher[@]}")
     fi
   fi
-  local optional=()   # empty knobs keep the entry script's default (experiment 3: batch per task)
-  if [ -n "${WORKERS:-}" ]; then optional+=(--workers "$WORKERS"); fi
-  if [ -n "${BATCH_SIZE:-}" ]; then optional+=(--batch_size "$BATCH_SIZE"); fi
-  run_child "${launcher[@]}" "$MAIN" --arch "$ARCH" --data_root "$DATA_ROOT" --device "$DEVICE" \
-    --val_batch_size "$VAL_BATCH_SIZE" --base_width "$BASE_WIDTH" \
-    --seed "$SEED" --val_fraction "$VAL_FRACTION" --resume_every_minutes "$RESUME_EVERY_MINUTES" \
-    ${optional[@]+"${optional[@]}"} ${DATA_FLAGS[@]+"${DATA_FLAGS[@]}"} "$@"
+  common_flags
+  run_child "${launcher[@]}" "$MAIN" "${common_args[@]}" "$@"
 }
 
-# run_stage SAVE_FOLDER ARGS...: one stage of $MAIN; sets $stage_status.
-# The status is read from SAVE_FOLDER/exit_status, which the stage writes (rank 0) before it
-# exits: torchrun turns every non-zero child status into 1, so its exit code cannot tell "widen"
-# (2) or "stop pruning" (6) from an error. No file means a crash: the launcher's code stands.
-# A file saying 0 under a failing launcher means another rank failed: the launcher's code stands.
+# common_flags: sets the array common_args, the flags of every process, from the knobs (empty
+# knobs keep the entry script's default; experiment 3: its per-task batch sizes).
+common_flags() {
+  common_args=(--arch "$ARCH" --data_root "$DATA_ROOT" --device "$DEVICE" --val_batch_size "$VAL_BATCH_SIZE"
+               --base_width "$BASE_WIDTH" --seed "$SEED" --val_fraction "$VAL_FRACTION"
+               --resume_every_minutes "$RESUME_EVERY_MINUTES")
+  if [ -n "${WORKERS:-}" ]; then common_args+=(--workers "$WORKERS"); fi
+  if [ -n "${BATCH_SIZE:-}" ]; then common_args+=(--batch_size "$BATCH_SIZE"); fi
+  if [ -n "${AMP:-}" ]; then common_args+=(--amp "$AMP"); fi
+  if [ "${CHANNELS_LAST:-0}" = 1 ]; then common_args+=(--channels_last); fi
+  if [ "${COMPILE:-0}" = 1 ]; then common_args+=(--compile); fi
+  if [ "${DETERMINISTIC:-0}" = 1 ]; then common_args+=(--deterministic); fi
+  if [ "${SYNC_BN:-1}" = 0 ]; then common_args+=(--no-sync_bn); fi
+  if [ "${VERBOSE:-0}" = 1 ]; then common_args+=(--verbose); fi
+  common_args+=(${DATA_FLAGS[@]+"${DATA_FLAGS[@]}"})
+}
+
+# run_stage FOLDER ARGS...: one process of $MAIN whose status file is FOLDER/exit_status (a
+# stage's save folder, or a task's folder); sets $stage_status. torchrun turns every non-zero
+# child status into 1, so the status comes from the file, which rank 0 writes before it exits.
+# No file means a crash (the launcher's code stands), as does a file saying 0 under a failing
+# launcher (another rank failed).
 run_stage() {
-  local save=$1; shift
-  rm -f "$save/exit_status"
-  local rc=0
-  _running=$save
-  cpg --save_folder "$save" "$@" || rc=$?
+  local folder=$1 rc=0 written; shift
+  mkdir -p "$folder"
+  rm -f "$folder/exit_status"
+  _running=$folder
+  cpg "$@" || rc=$?
   stage_status=$rc
-  if [ -f "$save/exit_status" ]; then
-    local written
-    written=$(cat "$save/exit_status")
+  if [ -f "$folder/exit_status" ]; then
+    written=$(cat "$folder/exit_status")
     if [ "$written" != 0 ] || [ "$rc" = 0 ]; then stage_status=$written; fi
   elif [ "$rc" = 0 ]; then
     stage_status=1   # exited 0 without saying so: treat as a crash
@@ -126,10 +146,7 @@ preflight() {
     ${PREFLIGHT_FLAGS[@]+"${PREFLIGHT_FLAGS[@]}"} "$@"
 }
 
-# Atomically write a small text file (a kill -9 leaves the old content or the new one).
-write_file() { local tmp="$1.$$-$RANDOM.tmp"; printf '%s\n' "$2" > "$tmp" && mv -f "$tmp" "$1"; }
 fail() { echo "stopping: $1 exited with status $2 (see $3)" >&2; exit "$2"; }
-max() { awk -v a="$1" -v b="$2" 'BEGIN { print (a > b) ? a : b }'; }
 
 # milestones EPOCHS SHARE...: LR milestones at these shares of an epoch budget (a percentage, or
 # N/D), never at epoch 0 (a milestone at 0 would decay the LR before the first step):
@@ -152,90 +169,41 @@ per_task() {
   printf '%s\n' "${!name:-$3}"
 }
 
-# stored_width TASK_DIR: the width a task trained at (<task>/width), or START_WIDTH.
-stored_width() {
-  if [ -f "$1/width" ]; then max "$START_WIDTH" "$(cat "$1/width")"; else echo "$START_WIDTH"; fi
-}
-
-# phase_a_with_growth TASK_DIR TASK ARGS...: Phase A, widened by WIDTH_STEP and retried while it
-# exits 2 (goal missed below MAX_WIDTH). Uses and updates $width (the raw multiplier, only grows);
-# <task>/width holds the width of the current attempt, so that a rerun continues there instead
-# of retraining the smaller widths that already missed. Sets $phase_a (0, or 5: owns nothing).
-phase_a_with_growth() {
-  local dir=$1 task=$2; shift 2
-  width=$(max "$width" "$(stored_width "$dir")")
-  while true; do
-    write_file "$dir/width" "$width"
-    run_stage "$dir/scratch" --mode finetune --dataset "$task" --network_width_multiplier "$width" \
-      --pruning_ratio_to_acc_record_file "$dir/gradual_prune/record.txt" --log_path "$dir/train.log" "$@"
-    case $stage_status in
-      0|5) break ;;
-      2) width=$(awk -v w="$width" -v s="$WIDTH_STEP" 'BEGIN { print w + s }')
-         echo "=== $task: goal missed, growing the network to width multiplier $width" ;;
-      *) fail "Phase A of $task" "$stage_status" "$dir/train.log" ;;
-    esac
-  done
-  phase_a=$stage_status
-}
-
-# pruning_stages TASK_DIR TASK ARGS...: the gradual-pruning stages 0 -> PRUNING_RATIOS[0] -> ...,
-# each loading the previous one; exit 6 stops the loop (train-accuracy gate or must-prune).
-pruning_stages() {
-  local dir=$1 task=$2; shift 2
-  local from=0.0 load=$dir/scratch ratio
-  for ratio in "${PRUNING_RATIOS[@]}"; do
-    run_stage "$dir/gradual_prune/$ratio" --mode prune --dataset "$task" --load_folder "$load" \
-      --initial_sparsity "$from" --target_sparsity "$ratio" --lr_mask 0 \
-      --pruning_interval "$PRUNING_INTERVAL" \
-      --pruning_ratio_to_acc_record_file "$dir/gradual_prune/record.txt" --log_path "$dir/train.log" "$@"
-    case $stage_status in
-      0) ;;
-      6) break ;;
-      *) fail "pruning stage $ratio of $task" "$stage_status" "$dir/train.log" ;;
-    esac
-    from=$ratio
-    load=$dir/gradual_prune/$ratio
-  done
-}
-
-# retrain_stage TASK_DIR TASK ARGS...: re-learn the pick mask of the chosen model; kept only if
-# it improves. It starts from the chosen stage's own checkpoint, which never changes
-# (gradual_prune/ may already hold the retrained model when a rerun gets here).
-retrain_stage() {
-  local dir=$1 task=$2; shift 2
-  local chosen
-  chosen=$dir/$(python -c 'import json, sys; print(json.load(open(sys.argv[1]))["source"])' "$dir/gradual_prune/chosen.json")
-  run_stage "$dir/retrain" --mode finetune --finetune_again --dataset "$task" --load_folder "$chosen" \
-    --log_path "$dir/train.log" "$@"
-  [ "$stage_status" -eq 0 ] || fail "retrain of $task" "$stage_status" "$dir/train.log"
-  run_child python tools/choose_retrain_or_not.py --task_folder "$dir" --log_path "$dir/train.log" \
-    || fail "retrain choice of $task" "$?" "$dir/train.log"
-}
-
-# Once a task is DONE its stage copies go (gradual_prune/checkpoint.pth.tar holds the chosen model);
-# their result.json files stay. Never earlier: every step of an unfinished task must stay replayable.
-drop_stage_copies() {
-  rm -f "$1"/gradual_prune/*/checkpoint.pth.tar "$1"/gradual_prune/*/checkpoint.pth.tar.json \
-    "$1/retrain/checkpoint.pth.tar" "$1/retrain/checkpoint.pth.tar.json"
-}
-
 # baseline_stage FOLDER TASK GOAL_FILE ARGS...: train TASK on its own network (or from another
 # task's model, ARGS --initial_from) and write its accuracy into GOAL_FILE; stops on failure.
 baseline_stage() {
   local folder=$1 task=$2 goals=$3; shift 3
-  run_stage "$folder" --mode finetune --dataset "$task" --save_goal_file "$goals" \
+  run_stage "$folder" --mode finetune --dataset "$task" --save_folder "$folder" --save_goal_file "$goals" \
     --log_path "$folder/train.log" "$@"
   [ "$stage_status" -eq 0 ] || fail "baseline of $task" "$stage_status" "$folder/train.log"
 }
 
-# ----- the one-task-per-run workflow of experiments 2 and 3 (spec §8.1, §9.1) -------------------
-# The experiment script sets ROOT, TASK_LIST, GOALS_FILE, MAX_WIDTH, ALLOW_ACC_LOSS, START_WIDTH
-# and SCRIPT (how a user runs it, for the messages), defines the hook
-#   task_flags N TASK   sets the arrays phase_a_flags and prune_flags of task N (its settings)
-# and may redefine next_step N (what to run once task N is learned and picked). Task N loads the
-# ratio picked for task N-1 of TASK_LIST; experiment 3's age folds are lists that share a prefix.
+# ----- the loop over the tasks -----------------------------------------------------------------------
+# The script sets ROOT, TASK_LIST, SCRIPT (how a user runs it, for the messages) and the hook
+#   task_flags N TASK    sets the array task_args: task N's flags (its learning rates, its stages)
+# and may redefine next_step N (what to run once task N is learned and picked by hand). Task N
+# loads the model picked for task N-1 of TASK_LIST; experiment 3's age folds share a prefix.
 
-# check_target TARGET: TARGET_TASK_ID is 1..len(TASK_LIST) or all; else one line and exit 1.
+# settings FLAGS...: one line per flag ("--lr 0.01"), without the ones that name where the run is
+# or do not change what it computes; DONE holds them, so that a rerun can say what changed.
+settings() {
+  printf '%s\n' "$@" | awk '/^--/ { if (line != "" && !skip) print line; line = $0
+                                      skip = ($0 ~ /^--(task_folder|log_path|load_folder|save_folder|workers|resume_every_minutes|device|verbose)$/); next }
+                                  { line = line " " $0 } END { if (line != "" && !skip) print line }'
+}
+
+# changed_settings FILE FLAGS...: "--lr 0.01 -> 0.005, ..." for each flag whose value differs
+# from the settings recorded in FILE (nothing when FILE recorded none).
+changed_settings() {
+  local file=$1; shift
+  [ -s "$file" ] || return 0
+  settings "$@" | awk 'NR == FNR { old[$1] = substr($0, length($1) + 2); next }
+                       { new[$1] = substr($0, length($1) + 2) }
+                       END { for (k in old) if (!(k in new)) out = out sep k " " old[k] " -> (none)"
+                             for (k in new) if (!(k in old) || old[k] != new[k]) out = out sep k " " ((k in old) ? old[k] : "(none)") " -> " new[k]
+                             print out }' sep=", " "$file" -
+}
+
 check_target() {
   local num_tasks=${#TASK_LIST[@]}
   if [ "$1" != all ] && ! { [[ $1 =~ ^[0-9]+$ ]] && [ "$1" -ge 1 ] && [ "$1" -le "$num_tasks" ]; }; then
@@ -244,20 +212,24 @@ check_target() {
   fi
 }
 
-pick_command() { echo "python tools/pick_pruning_ratio.py --task_folder $1 --baseline_acc_file $GOALS_FILE --ratio <ratio>"; }
-
 next_step() {
   if [ "$1" -lt "${#TASK_LIST[@]}" ]; then echo "then: TARGET_TASK_ID=$(($1 + 1)) bash $SCRIPT"; fi
 }
 
-# learn_task N: Phase A with growth and the pruning stages of task N (its pick is separate).
+# Once a task is DONE its stage copies go (gradual_prune/checkpoint.pth.tar holds the picked model);
+# their result.json files stay. Never earlier: every step of an unfinished task must stay replayable.
+drop_stage_copies() {
+  rm -f "$1"/gradual_prune/*/checkpoint.pth.tar "$1"/gradual_prune/*/checkpoint.pth.tar.json \
+    "$1/retrain/checkpoint.pth.tar" "$1/retrain/checkpoint.pth.tar.json"
+}
+
+# learn_task N PICK: task N in one process (utils/sequence.py) with task_flags' task_args and
+# --pick PICK; task N-1 must have its model picked.
 learn_task() {
-  local n=$1 task=${TASK_LIST[$1-1]} num_tasks=${#TASK_LIST[@]} i
-  local dir=$ROOT/$task load=()
-  width=$START_WIDTH   # the widest earlier task's width (the checkpoint's wins if it is larger)
-  for ((i = 1; i < n; i++)); do width=$(max "$width" "$(stored_width "$ROOT/${TASK_LIST[$i-1]}")"); done
+  local n=$1 pick=$2 task=${TASK_LIST[$1-1]} load=() prev
+  local dir=$ROOT/$task
   if [ "$n" -gt 1 ]; then
-    local prev=$ROOT/${TASK_LIST[$n-2]}
+    prev=$ROOT/${TASK_LIST[$n-2]}
     if [ ! -f "$prev/gradual_prune/chosen.json" ]; then
       echo "task $((n - 1)) (${TASK_LIST[$n-2]}) has no picked pruning ratio yet; pick one first:" >&2
       echo "  python tools/pick_pruning_ratio.py --task_folder $prev --baseline_acc_file $GOALS_FILE   (prints the table)" >&2
@@ -266,34 +238,38 @@ learn_task() {
     fi
     load=(--load_folder "$prev/gradual_prune")
   fi
-  mkdir -p "$dir"
-  task_flags "$n" "$task"
-  echo "=== task $n/$num_tasks: $task (width multiplier $width)"
-  phase_a_with_growth "$dir" "$task" ${load[@]+"${load[@]}"} "${phase_a_flags[@]}"
-  if [ "$phase_a" -ne 5 ]; then
-    pruning_stages "$dir" "$task" "${prune_flags[@]}"
-  fi
+  echo "=== task $n/${#TASK_LIST[@]}: $task"
+  run_stage "$dir" --mode task --dataset "$task" --task_folder "$dir" --log_path "$dir/train.log" \
+    ${load[@]+"${load[@]}"} --pick "$pick" "${task_args[@]}"
+  [ "$stage_status" -eq 0 ] || fail "task $task" "$stage_status" "$dir/train.log"
 }
 
-# run_sequence TARGET: TARGET=N learns task N, prints its record table with the goal and the
-# rule's suggestion, and stops for the user's pick; TARGET=all learns every task not DONE yet,
-# each picked automatically unless it was picked by hand already. Reruns resume.
+pick_command() { echo "python tools/pick_pruning_ratio.py --task_folder $1 --baseline_acc_file $GOALS_FILE --ratio <ratio>"; }
+
+# run_sequence TARGET [PICK]: TARGET=all learns every task not DONE yet, each picked by PICK
+# (auto: the rule, keeping a pick made by hand before; last: its last stage) and marked DONE;
+# TARGET=N learns task N and stops for a pick by hand (its record table is printed). Reruns
+# resume; a DONE task learned with other settings is named with what changed.
 run_sequence() {
-  local target=$1 num_tasks=${#TASK_LIST[@]} n task dir
+  local target=$1 pick=${2:-auto} num_tasks=${#TASK_LIST[@]} n task dir changed
   if [ "$target" = all ]; then
     for ((n = 1; n <= num_tasks; n++)); do
       task=${TASK_LIST[$n-1]}
       dir=$ROOT/$task
-      if [ -f "$dir/DONE" ]; then echo "=== $task: already learned, skipping"; drop_stage_copies "$dir"; continue; fi
-      learn_task "$n"
-      if [ -f "$dir/gradual_prune/chosen.json" ]; then
-        echo "=== $task: keeping the pruning ratio picked before"
-      else
-        run_child python tools/pick_pruning_ratio.py --task_folder "$dir" --dataset "$task" --baseline_acc_file "$GOALS_FILE" \
-          --auto --allow_acc_loss "$ALLOW_ACC_LOSS" --max_allowed_network_width_multiplier "$MAX_WIDTH" \
-          --log_path "$dir/train.log" || fail "ratio choice of $task" "$?" "$dir/train.log"
+      task_flags "$n" "$task"
+      if [ -f "$dir/DONE" ]; then
+        echo "=== $task: already learned, skipping"
+        common_flags
+        changed=$(changed_settings "$dir/DONE" "${common_args[@]}" "${task_args[@]}")
+        if [ -n "$changed" ]; then
+          echo "warning: $task was learned with other settings ($changed); its model is kept. To learn it again with these, delete $dir/DONE and the DONE of every later task, then rerun"
+        fi
+        drop_stage_copies "$dir"
+        continue
       fi
-      touch "$dir/DONE"
+      learn_task "$n" "$pick"
+      common_flags
+      settings "${common_args[@]}" "${task_args[@]}" > "$dir/DONE.$$.tmp" && mv -f "$dir/DONE.$$.tmp" "$dir/DONE"
       drop_stage_copies "$dir"
     done
     echo "all $num_tasks tasks learned; final model: $ROOT/${TASK_LIST[$num_tasks-1]}/gradual_prune/checkpoint.pth.tar"
@@ -301,25 +277,21 @@ run_sequence() {
   fi
   task=${TASK_LIST[$target-1]}
   dir=$ROOT/$task
-  if [ -f "$dir/DONE" ]; then
-    # learned and picked by an `all` run, whose stage copies are gone: nothing to redo
+  if [ -f "$dir/DONE" ]; then   # learned and picked by an `all` run, whose stage copies are gone
     echo "=== task $target ($task) is already learned (DONE); its record:"
     run_child python tools/pick_pruning_ratio.py --task_folder "$dir" --dataset "$task" --baseline_acc_file "$GOALS_FILE"
     return 0
   fi
-  learn_task "$target"
-  run_child python tools/pick_pruning_ratio.py --task_folder "$dir" --dataset "$task" --baseline_acc_file "$GOALS_FILE" \
-    --allow_acc_loss "$ALLOW_ACC_LOSS" --max_allowed_network_width_multiplier "$MAX_WIDTH"
-  echo "=== task $target ($task) learned. Pick its pruning ratio from the table above:"
-  echo "  $(pick_command "$dir")"
+  task_flags "$target" "$task"
+  learn_task "$target" hand
+  if [ -f "$dir/gradual_prune/chosen.json" ]; then
+    echo "=== task $target ($task) learned, with the pruning ratio picked before; to pick again: $(pick_command "$dir")"
+  else
+    echo "=== task $target ($task) learned. Pick its pruning ratio from the table above:"
+    echo "  $(pick_command "$dir")"
+  fi
   next_step "$target"
 }
-
-# ----- the compared methods (README "Compared methods"): the same stages, other configurations --
-# The method script sets ROOT, TASK_LIST, METHOD and RESULTS_FILE. No goal file (every result is
-# accepted), no growth (the width stays START_WIDTH), no must-prune rule.
-no_goal_no_growth=(--baseline_acc_file "" --network_width_multiplier "${START_WIDTH:-1.0}"
-                   --max_allowed_network_width_multiplier "${START_WIDTH:-1.0}" --total_num_tasks 0)
 
 # method_inference LOAD_FOLDER: every task of TASK_LIST from the final model -> RESULTS_FILE.
 method_inference() {
@@ -328,63 +300,26 @@ method_inference() {
     --results_file "$RESULTS_FILE" --log_path "$(dirname "$RESULTS_FILE")/${METHOD}_inference.log"
 }
 
-# chain_tasks FLAGS...: every task in turn from the previous task's model, Phase A only: no
-# pruning, no growth (Piggyback, ProgressiveNet; PackNet adds its pruning stage through the hooks).
-# Hooks: chain_flags N TASK sets the array task_extra (task N's own flags, e.g. the first task's
-# pretrained weights; they win); chain_after TASK DIR runs after Phase A; chain_output TASK DIR
-# prints the folder the next task loads (default DIR/scratch).
-chain_after() { :; }
-chain_output() { echo "$2/scratch"; }
-chain_tasks() {
-  local prev_out="" task dir load n=0
-  for task in "${TASK_LIST[@]}"; do
-    n=$((n + 1))
-    dir=$ROOT/$task
-    if [ -f "$dir/DONE" ]; then
-      echo "=== $METHOD: $task already learned, skipping"; prev_out=$(chain_output "$task" "$dir"); continue
-    fi
-    mkdir -p "$dir"
-    load=()
-    if [ -n "$prev_out" ]; then load=(--load_folder "$prev_out"); fi
-    task_extra=()
-    if declare -F chain_flags > /dev/null; then chain_flags "$n" "$task"; fi
-    echo "=== $METHOD: task $n/${#TASK_LIST[@]} $task"
-    run_stage "$dir/scratch" --mode finetune --dataset "$task" ${load[@]+"${load[@]}"} "${no_goal_no_growth[@]}" \
-      "$@" ${task_extra[@]+"${task_extra[@]}"} --log_path "$dir/train.log"
-    case $stage_status in
-      0|5) ;;   # 5: the task owns no weight (Piggyback's later tasks: they only pick)
-      *) fail "$METHOD training of $task" "$stage_status" "$dir/train.log" ;;
-    esac
-    chain_after "$task" "$dir"
-    touch "$dir/DONE"
-    prev_out=$(chain_output "$task" "$dir")
-  done
-  method_inference "$prev_out"
-}
+# ----- the compared methods (README "Compared methods"): configurations of the same task process --
+# No goal file (every result is accepted), no growth (the width stays START_WIDTH), no must-prune
+# rule, and the task's model is its last stage (--pick last).
+method_flags=(--baseline_acc_file "" --network_width_multiplier "${START_WIDTH:-1.0}" --width_step 0
+              --max_allowed_network_width_multiplier "${START_WIDTH:-1.0}" --total_num_tasks 0 --pick last)
 
-# packnet_chain FLAGS...: PackNet (Mallya & Lazebnik 2018) as chain_tasks with a pruning stage:
-# each task's Phase A trains on the free weights with every earlier weight used and frozen (no
-# pick, no growth); then the task's PRUNE_RATIO (or PRUNE_RATIO_<task>; "none": not pruned) of
-# its weights is released at once (--pruning_interval 0) before a retrain of
-# PACKNET_RETRAIN_EPOCHS at PACKNET_RETRAIN_LR (x0.1 after the epochs in PACKNET_RETRAIN_DECAY),
-# kept only above train accuracy PACKNET_GATE. The next task loads the pruned model.
-packnet_ratio() { per_task PRUNE_RATIO "$1" "$PRUNE_RATIO"; }
-packnet_chain() {
-  chain_output() { if [ "$(packnet_ratio "$1")" = none ]; then echo "$2/scratch"; else echo "$2/one_shot_prune"; fi; }
-  chain_after() {
-    local task=$1 dir=$2 ratio
-    ratio=$(packnet_ratio "$task")
-    if [ "$ratio" = none ]; then return 0; fi
-    run_stage "$dir/one_shot_prune" --mode prune --dataset "$task" --load_folder "$dir/scratch" --no-learn_pick \
-      --initial_sparsity 0.0 --target_sparsity "$ratio" --pruning_interval 0 \
-      --epochs "$PACKNET_RETRAIN_EPOCHS" --lr "$PACKNET_RETRAIN_LR" --prune_lr_decay_epochs $PACKNET_RETRAIN_DECAY \
-      --selection last --train_acc_gate "$PACKNET_GATE" "${no_goal_no_growth[@]}" --log_path "$dir/train.log"
-    case $stage_status in
-      0) ;;
-      6) echo "stopping: $METHOD's retrain of $task after pruning $ratio ended at train accuracy <= $PACKNET_GATE (pruning too much); lower PRUNE_RATIO or raise PACKNET_RETRAIN_EPOCHS (see $dir/train.log)" >&2
-         exit 6 ;;
-      *) fail "$METHOD pruning of $task" "$stage_status" "$dir/train.log" ;;
-    esac
-  }
-  chain_tasks --no-learn_pick "$@"
+# packnet_stage TASK: sets packnet_args, PackNet's pruning stage of TASK (Mallya & Lazebnik 2018):
+# PRUNE_RATIO (or PRUNE_RATIO_<task>; "none": not pruned) of its weights released at once
+# (--pruning_interval 0), then PACKNET_RETRAIN_EPOCHS at PACKNET_RETRAIN_LR (x0.1 after the epochs
+# in PACKNET_RETRAIN_DECAY, or PACKNET_RETRAIN_DECAY_<task>), kept only above train accuracy
+# PACKNET_GATE (selection last: else the run stops; selection best: the retrained epochs must beat
+# the pruned model).
+packnet_stage() {
+  local ratio decay
+  ratio=$(per_task PRUNE_RATIO "$1" "$PRUNE_RATIO")
+  decay=$(per_task PACKNET_RETRAIN_DECAY "$1" "$PACKNET_RETRAIN_DECAY")
+  packnet_args=()
+  if [ "$ratio" != none ]; then
+    packnet_args=(--pruning_ratios "$ratio" --pruning_interval 0 --prune_epochs "$PACKNET_RETRAIN_EPOCHS"
+                  --prune_lr "$PACKNET_RETRAIN_LR" --prune_lr_decay_epochs $decay
+                  --prune_train_acc_gate "$PACKNET_GATE")
+  fi
 }

@@ -6,8 +6,6 @@ multiplier, accuracy when learned, pruning ratio) + the model state dict + whate
 masks are bit-packed over earlier tasks' entries, and a float pick mask only exists for the task in
 training (resume files). A JSON sidecar `<file>.json` holds the same metadata for bash and humans.
 """
-import errno
-import glob
 import json
 import os
 import shutil
@@ -16,96 +14,15 @@ import uuid
 import torch
 
 from models import build_model_with_tasks
-from models.layers import PICK_THRESHOLD, pack_bits
+
+from .atomic import DiskFull, atomic_write, atomic_write_json, is_disk_full  # noqa: F401 (one import place)
+from .compact import compact_state_dict, expand_compact_state, frozen_state_dict, owner_bits  # noqa: F401
 
 from .errors import CPGError
 
 FORMAT = 'cpg-checkpoint-v1'
 CHECKPOINT_NAME = 'checkpoint.pth.tar'
 RESUME_NAME = 'resume.pth.tar'
-
-
-def _fsync_dir(path):
-    """Make a rename in `path`'s folder durable (a kill -9 or power loss then keeps it)."""
-    try:
-        fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def is_disk_full(exc):
-    """True when `exc` or an exception it chains is 'no space left' (torch.save reports a full
-    disk as a RuntimeError whose context is the OSError)."""
-    while exc is not None:
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
-
-
-class DiskFull(CPGError):
-    """A write ran out of space; the temporary file is gone and the old file is intact."""
-
-    def __init__(self, path, needed=None):
-        folder = os.path.dirname(os.path.abspath(path))
-        try:
-            free = f'{shutil.disk_usage(folder).free / 2 ** 20:.1f} MB free'
-        except OSError:
-            free = 'free space unknown'
-        size = f'about {needed / 2 ** 20:.1f} MB' if needed else 'more space'
-        super().__init__(f'no space left on the device writing {path}: it needs {size}, {free} in '
-                         f'{folder}; free some space and rerun (what was saved before is intact)')
-
-
-def _remove_quietly(path):
-    try:
-        os.remove(path)
-    except OSError:
-        pass
-
-
-def _remove_stale_temps(path):
-    """Temp files of `path` left by a process that no longer runs (kill -9 while writing)."""
-    for tmp in glob.glob(glob.escape(path) + '.*.tmp'):
-        pid = os.path.basename(tmp)[len(os.path.basename(path)) + 1:].split('-')[0]
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            _remove_quietly(tmp)
-        except OSError:   # alive under another user: not ours to remove
-            pass
-
-
-def atomic_write(path, write, size_hint=None):
-    """Write `path` through write(file object) into a temp file, fsync it, rename it into place.
-
-    A reader (or a rerun after kill -9) sees the old file or the new one, never a torn one. The
-    temp file's name is unique per process (`<path>.<pid>-<random>.tmp`), so two writers never
-    share one; temp files of dead processes are removed first. A full disk raises DiskFull (one
-    line; `size_hint`: the bytes the file needs) after removing the temp file.
-    """
-    _remove_stale_temps(path)
-    tmp = f'{path}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp'
-    try:
-        with open(tmp, 'wb') as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        _remove_quietly(tmp)
-        if is_disk_full(exc):
-            raise DiskFull(path, size_hint) from None
-        raise
-    _fsync_dir(path)
 
 
 def tensor_bytes(obj):
@@ -117,25 +34,6 @@ def tensor_bytes(obj):
     if isinstance(obj, (list, tuple)):
         return sum(tensor_bytes(v) for v in obj)
     return 0
-
-
-def atomic_write_json(path, obj):
-    atomic_write(path, lambda f: f.write((json.dumps(obj, indent=2) + '\n').encode()))
-
-
-def frozen_state_dict(model):
-    """State dict with the in-training task's float pick replaced by its packed binary pick."""
-    state = model.state_dict()
-    for name, layer in model.masked_layers():
-        score = state.pop(f'{name}.pick_score', None)
-        if score is None or layer._phase is None:
-            continue
-        task = layer._phase['task']
-        out_f, in_f = layer.task_shapes[task]
-        owner = layer.owner[:out_f, :in_f]
-        old = (owner >= 1) & (owner < task)
-        state[f'{name}.pick_bits_{task}'] = pack_bits((score[:out_f, :in_f] > PICK_THRESHOLD)[old])
-    return state
 
 
 def checkpoint_metadata(model, arch):
@@ -163,6 +61,13 @@ def save_checkpoint(path, model, arch, frozen=True, model_state=None, meta_extra
     atomic_write(path, lambda f: torch.save(state, f), size_hint=tensor_bytes(state))
     atomic_write_json(f'{path}.json', meta)
     return os.path.getsize(path)
+
+
+def save_compact_checkpoint(path, model, arch):
+    """Write the deployable file of `model` (atomically, with its JSON sidecar): checkpoint
+    metadata plus `owner_bits`, and the compact state dict (utils/compact.py). Returns the bytes."""
+    return save_checkpoint(path, model, arch, model_state=compact_state_dict(model),
+                           meta_extra={'owner_bits': owner_bits(len(model.tasks))})
 
 
 def resolve_checkpoint(path):
@@ -197,7 +102,6 @@ def model_from_checkpoint(ckpt, device='cpu'):
         task.update(saved)
     model.to(device)
     try:
-        from .compact import expand_compact_state  # imported here: utils.compact imports this module
         model.load_state_dict(expand_compact_state(ckpt, model))  # exported files pack owner ids
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0]

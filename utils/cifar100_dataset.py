@@ -8,12 +8,12 @@ import os
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
 from utils.cifar100_config import NORM_STATS
-from utils.data import EpochKeyedDataset
+from utils.data import EpochKeyedDataset, per_rank_batch
+from utils.device_data import DEVICE_DATA_LIMIT, DeviceBatches, crop_flip, crop_flip_batch, normalize
 from utils.folder_tasks import FolderTasks, class_folders, image_names
 from utils.errors import CPGError
 
@@ -115,30 +115,25 @@ class TaskImageFolder(EpochKeyedDataset):
         if mean is None:
             self.mean = self.std = None
             return
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)  # (3, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)  # (3, 1, 1)
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)  # (1, 3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
 
-    def _augment(self, image, generator=None):
-        """Random crop with zero padding, then random horizontal flip, on a uint8 (3, H, W)."""
-        _, height, width = image.shape
-        padded = F.pad(image, (PAD, PAD, PAD, PAD))  # (3, H+8, W+8), zeros at the border
-        # generator None: the global torch RNG (seeded by seed_everything / the worker seeder)
-        top = int(torch.randint(0, 2 * PAD + 1, (1,), generator=generator))
-        left = int(torch.randint(0, 2 * PAD + 1, (1,), generator=generator))
-        image = padded[:, top:top + height, left:left + width]  # (3, H, W)
-        if float(torch.rand(1, generator=generator)) < 0.5:
-            image = image.flip(-1)
-        return image
-
-    def load(self, row, generator):
-        """Return (float image (3, H, W), int label) of folder row `row`."""
-        image = self.images[row]  # (3, H, W) uint8
+    def __getitem__(self, key):
+        """(float image (3, H, W), int label) of item `key` (an index, or an (epoch seed, index)
+        pair). Its crop and flip come from crop_flip(epoch seed, index), as DeviceBatches draws
+        them: the same images whether a task is kept on the device or loaded image by image."""
+        seed, index = key if isinstance(key, tuple) else (self.epoch_seed, key)
+        index = int(index)
+        row = index if self.rows is None else int(self.rows[index])
+        image = self.images[row:row + 1]  # (1, 3, H, W) uint8
         if self.train_transform:
-            image = self._augment(image, generator)
-        image = image.float() / 255.0
-        if self.mean is not None:
-            image = (image - self.mean) / self.std
-        return image, int(self.row_targets[row])
+            if seed is None:   # outside a seeded loader: the global torch RNG
+                top, left = torch.randint(0, 2 * PAD + 1, (2,)).tolist()
+                draws = (torch.tensor([top]), torch.tensor([left]), torch.rand(1) < 0.5)
+            else:
+                draws = crop_flip(seed, torch.tensor([index]), PAD)
+            image = crop_flip_batch(image, *draws, PAD)
+        return normalize(image, self.mean, self.std)[0], int(self.row_targets[row])
 
 
 def task_normalization(data_root, task):
@@ -146,6 +141,15 @@ def task_normalization(data_root, task):
     if task in NORM_STATS:
         return NORM_STATS[task]
     return channel_stats(TaskImageFolder(data_root, 'train', task).images)
+
+
+def device_batches(dataset, batch_size, device, train, seed=0, dist=None):
+    """DeviceBatches of a TaskImageFolder (or a view of one): its images, labels and normalisation."""
+    images = dataset.images if dataset.rows is None else dataset.images[dataset.rows]
+    batches = DeviceBatches(images, dataset.targets, batch_size, device, mean=dataset.mean, std=dataset.std,
+                            train=train, pad=PAD, seed=seed, dist=dist)
+    batches.dataset = dataset   # as a DataLoader's: what the batches are drawn from
+    return batches
 
 
 class CifarTasks(FolderTasks):
@@ -175,6 +179,17 @@ class CifarTasks(FolderTasks):
                           else TaskImageFolder(self.args.data_root, 'train', task)).images
                 self._normalization[task] = channel_stats(images)
         return self._normalization[task]
+
+    def make_loaders(self, train, select):
+        """On the training device when the task is small (DEVICE_DATA_LIMIT: every CIFAR task),
+        augmented a batch at a time there (utils/device_data.py); else the loaders."""
+        nbytes = sum(d.images.numel() if d.rows is None else d.rows.numel() * d.images[0].numel()
+                     for d in (train, select))
+        if nbytes > DEVICE_DATA_LIMIT:
+            return super().make_loaders(train, select)
+        a = self.args
+        return (device_batches(train, per_rank_batch(a.batch_size, self.dist), self.device, True, a.seed, self.dist),
+                device_batches(select, a.val_batch_size, self.device, False))
 
     def train_set(self, task):
         data = TaskImageFolder(self.args.data_root, 'train', task, train_transform=True)

@@ -23,7 +23,7 @@ def write_exit_status(save_folder, status):
     torchrun reports every failing child as its own exit 1, which would turn "widen" (2) or "stop
     pruning" (6) into an error; the scripts read this file instead (experiment1/common.sh, stage).
     """
-    from .checkpoint import atomic_write
+    from .atomic import atomic_write
     os.makedirs(save_folder, exist_ok=True)
     atomic_write(os.path.join(save_folder, EXIT_STATUS_NAME), lambda f: f.write(f'{status}\n'.encode()))
 

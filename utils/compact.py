@@ -1,5 +1,8 @@
 """The deployable file's format: owner ids bit-packed in the fewest bits that hold the task count.
 
+Both pack what is saved: frozen_state_dict turns the float pick of the task in training into its
+packed binary pick (every checkpoint), compact_state_dict also packs the owner ids (the export).
+
 Training checkpoints keep one integer per shared weight (uint8, int16 past 255 tasks), which the
 layers index directly. The exported multi-task file (tools/export.py) stores each `<layer>.owner`
 as `<layer>.owner_packed` instead: b = ceil(log2(T+1)) bits per entry, T the number of tasks, and
@@ -15,9 +18,8 @@ import math
 
 import torch
 
-from models.layers import pack_bits, unpack_bits
+from models.layers import PICK_THRESHOLD, pack_bits, unpack_bits
 
-from .checkpoint import frozen_state_dict, save_checkpoint
 from .errors import CPGError
 
 PACKED_SUFFIX = '.owner_packed'
@@ -57,6 +59,21 @@ def unpack_owner_ids(packed, shape, bits, dtype):
     return ids.to(dtype).view(shape)
 
 
+def frozen_state_dict(model):
+    """State dict with the in-training task's float pick replaced by its packed binary pick."""
+    state = model.state_dict()
+    for name, layer in model.masked_layers():
+        score = state.pop(f'{name}.pick_score', None)
+        if score is None or layer._phase is None:
+            continue
+        task = layer._phase['task']
+        out_f, in_f = layer.task_shapes[task]
+        owner = layer.owner[:out_f, :in_f]
+        old = (owner >= 1) & (owner < task)
+        state[f'{name}.pick_bits_{task}'] = pack_bits((score[:out_f, :in_f] > PICK_THRESHOLD)[old])
+    return state
+
+
 def compact_state_dict(model):
     """The frozen state dict (packed picks) with every `<layer>.owner` bit-packed as
     `<layer>.owner_packed`, owner_bits(len(model.tasks)) bits per entry; order kept."""
@@ -65,13 +82,6 @@ def compact_state_dict(model):
     return {(key[:-len('.owner')] + PACKED_SUFFIX if key in owners else key):
             (pack_owner_ids(value, bits) if key in owners else value)
             for key, value in frozen_state_dict(model).items()}
-
-
-def save_compact_checkpoint(path, model, arch):
-    """Write the deployable file of `model` (atomically, with its JSON sidecar): checkpoint
-    metadata plus `owner_bits`, and the compact state dict. Returns the bytes written."""
-    return save_checkpoint(path, model, arch, model_state=compact_state_dict(model),
-                           meta_extra={'owner_bits': owner_bits(len(model.tasks))})
 
 
 def expand_compact_state(ckpt, model):

@@ -386,6 +386,10 @@ def build_eval_loader(dataset, batch_size, workers, device):
 
 def seed_loader_epoch(loader, seed, epoch):
     """Make the next pass over `loader` depend only on (seed, epoch) (and the rank under DDP)."""
+    if hasattr(loader, 'seed_epoch'):   # utils.device_data.DeviceBatches: order and draws on the device
+        loader.seed_epoch(seed, epoch)
+        torch.manual_seed(epoch_seed(seed, epoch))   # anything the model draws
+        return
     sampler = train_sampler(loader)
     keyed = isinstance(sampler, EpochKeyedSampler)
     if loader.num_workers > 0 and loader.persistent_workers and not keyed:

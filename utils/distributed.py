@@ -131,6 +131,18 @@ class Distributed:
             find_unused_parameters=False, **{no_sync: False})
 
     @torch.no_grad()
+    def broadcast_norm_statistics(self, model):
+        """--no-sync_bn: each rank's BatchNorm statistics come from its own half of the batches;
+        after an epoch rank 0's are broadcast, so that every rank validates, selects and saves
+        the same model (one flat collective for all of them)."""
+        buffers = [b for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+                   for b in (m.running_mean, m.running_var) if b is not None]
+        if buffers:
+            flat = self._broadcast_(torch.cat([b.reshape(-1) for b in buffers]))
+            for buffer, value in zip(buffers, flat.split([b.numel() for b in buffers])):
+                buffer.copy_(value.view_as(buffer))
+
+    @torch.no_grad()
     def broadcast_owners(self, pruner):
         """GradualPruner.after_update: make every rank's owner masks rank 0's.
 

@@ -13,6 +13,7 @@ import sys
 import torch
 
 from models import HEAD_KINDS, MODELS
+from models.dist_norm import set_global_statistics
 
 from .checkpoint import DiskFull, is_disk_full, atomic_write_json
 from .cli import ArgumentParser, write_exit_status
@@ -23,7 +24,9 @@ from .errors import CPGError
 from .inference import format_results_table, run_inference
 from .logger import log_run_header, setup_logger
 from .phases import run_finetune, run_prune, run_retrain
+from .sequence import add_task_flags, check_task_args, run_task
 from .records import GoalFileMissing
+from .recipes import add_recipe_flags, check_recipe_args, train_acc_gate
 
 
 def get_args_parser(prog, description, defaults, add_flags=None):
@@ -31,9 +34,10 @@ def get_args_parser(prog, description, defaults, add_flags=None):
     adds its own (e.g. experiment 2's --image_size)."""
     parser = ArgumentParser(prog, description=description)
     # Task and model
-    parser.add_argument('--mode', choices=['finetune', 'prune', 'inference'], required=True,
-                        help='finetune = Phase A (or retrain with --finetune_again); prune = one gradual '
-                             'pruning stage; inference = evaluate tasks of a final checkpoint')
+    parser.add_argument('--mode', choices=['task', 'finetune', 'prune', 'inference'], required=True,
+                        help='task = every stage of one task in this process (the scripts\' mode, '
+                             'utils/sequence.py); finetune = Phase A (or retrain with --finetune_again); '
+                             'prune = one gradual pruning stage; inference = evaluate tasks of a final checkpoint')
     parser.add_argument('--arch', choices=sorted(MODELS), help='backbone, looked up in the model registry')
     parser.add_argument('--dataset', default=None, help='task (its folder name); inference: evaluate only it')
     parser.add_argument('--tasks', nargs='*', default=None,
@@ -84,8 +88,10 @@ def get_args_parser(prog, description, defaults, add_flags=None):
                         help='last: the last epoch, gated by --train_acc_gate (experiment 1); best: the best '
                              'validation epoch (experiment 2; pruning: epochs after the interval); goal: best, '
                              'but a pruning stage keeps only epochs above goal - --goal_margin (experiment 3)')
-    parser.add_argument('--train_acc_gate', type=float, default=0.95,
-                        help='selection last: a stage counts only if its last-epoch train accuracy exceeds this')
+    parser.add_argument('--train_acc_gate', type=train_acc_gate, default=0.95,
+                        help='selection last: a stage counts only if its last-epoch train accuracy exceeds this; '
+                             'relative:D (any selection): Phase A accepts on the goal alone, a pruning stage '
+                             'passes while its train accuracy stays within D of Phase A\'s (utils/recipes.py)')
     parser.add_argument('--goal_margin', type=float, default=0.0,
                         help='Phase A reaches its goal when accuracy >= goal - margin (experiment 2: 0.005)')
     parser.add_argument('--learn_pick', action=argparse.BooleanOptionalAction, default=True,
@@ -126,10 +132,23 @@ def get_args_parser(prog, description, defaults, add_flags=None):
     # Runtime
     parser.add_argument('--device', default='auto', help='auto (CUDA if present), cpu, cuda or cuda:N')
     parser.add_argument('--amp', choices=['bf16', 'fp16'], default=None,
-                        help='CUDA mixed-precision training (autocast); off by default for fidelity')
+                        help='mixed-precision training (autocast; fp16 with a grad scaler); off by default '
+                             'for fidelity. Earlier tasks stay bit-exact either way')
     parser.add_argument('--channels_last', action='store_true',
-                        help='channels-last memory format for training (faster convs on recent GPUs)')
+                        help='channels-last memory format for the model, its phase buffers and the batches '
+                             '(faster convs on recent GPUs)')
+    parser.add_argument('--compile', action='store_true',
+                        help='torch.compile the model\'s forward for training (recompiles per task width)')
+    parser.add_argument('--deterministic', action='store_true',
+                        help='deterministic cuDNN algorithms (default: cudnn.benchmark picks the fastest)')
+    parser.add_argument('--sync_bn', action=argparse.BooleanOptionalAction, default=True,
+                        help='under torchrun, BatchNorm normalises over the global batch, so that N ranks '
+                             'compute what one process computes (--no-sync_bn: per-rank statistics)')
+    parser.add_argument('--verbose', action='store_true', help='print every argument of the run (default: to its log)')
     parser.add_argument('--seed', type=int, default=1, help='seed of python, numpy and torch')
+    # Task sequence (--mode task)
+    add_task_flags(parser)
+    add_recipe_flags(parser)
     if add_flags is not None:
         add_flags(parser)
     parser.set_defaults(**defaults)
@@ -150,8 +169,14 @@ def check_args(parser, args):
         parser.error('--save_goal_file is for a baseline: --mode finetune without --load_folder')
     if args.initial_from and not args.save_goal_file:
         parser.error('--initial_from is for the finetune baseline: give --save_goal_file too')
-    if args.pretrained and (args.load_folder or args.mode != 'finetune' or args.finetune_again):
-        parser.error('--pretrained is for the first task\'s Phase A (--mode finetune without --load_folder)')
+    every_task = getattr(MODELS.get(args.arch), 'pretrained_every_task', False)   # ProgressiveNet's columns
+    if args.pretrained and ((args.load_folder and not every_task) or args.mode not in ('finetune', 'task')
+                            or args.finetune_again):
+        parser.error('--pretrained is for the first task\'s Phase A (--mode finetune or task, without '
+                     '--load_folder; progressive_resnet50: every task)')
+    check_recipe_args(parser, args)
+    if args.mode == 'task':
+        check_task_args(parser, args)
     if not 0.0 <= args.initial_sparsity < args.target_sparsity < 1.0 and args.mode == 'prune':
         parser.error(f'need 0 <= --initial_sparsity ({args.initial_sparsity}) < --target_sparsity '
                      f'({args.target_sparsity}) < 1')
@@ -196,11 +221,13 @@ def resolve_device(name):
 
 
 def main(args, provider):
-    """Run one stage with the data provider class `provider`; its exit status is also written
-    to <save_folder>/exit_status (rank 0)."""
+    """Run one stage (or a task's stages, --mode task) with the data provider class `provider`;
+    its exit status is also written to <save_folder>/exit_status (task mode: <task_folder>/) by
+    rank 0, for the scripts (torchrun reports every failure as 1)."""
     status = run_stage(args, provider)
-    if args.save_folder and int(os.environ.get('RANK', '0')) == 0:
-        write_exit_status(args.save_folder, status)
+    folder = args.task_folder if args.mode == 'task' else args.save_folder
+    if folder and int(os.environ.get('RANK', '0')) == 0:
+        write_exit_status(folder, status)
     return status
 
 
@@ -210,18 +237,21 @@ def run_stage(args, provider):
     except CPGError as exc:
         sys.stderr.write(f'error: {exc}\n')
         return EXIT_ERROR
-    logger = setup_logger(args.log_path if (dist is None or dist.is_main) else None)
+    logger = setup_logger(args.log_path if (dist is None or dist.is_main) else None,
+                          verbose=getattr(args, 'verbose', False))
     if dist is not None and not dist.is_main:
         logger.setLevel(logging.WARNING)  # rank 0 speaks for everyone
     try:
         device = dist.device if dist is not None else resolve_device(args.device)
-        if args.amp and torch.device(device).type != 'cuda':
-            raise CPGError(f'--amp {args.amp} needs a CUDA device (running on {device}); drop --amp')
         log_run_header(logger, args)
         for note in getattr(args, 'notes', None) or ():
             logger.info('note: %s', note)
         seed_everything(args.seed)
-        ctx = PhaseContext(args, provider(args, device, dist), logger, device, dist)
+        set_backends(args, device)
+        data = provider(args, device, dist)
+        if args.mode == 'task':
+            return run_task(args, data, logger, device, dist)
+        ctx = PhaseContext(args, data, logger, device, dist)
         if args.mode == 'finetune':
             return run_retrain(ctx) if args.finetune_again else run_finetune(ctx)
         if args.mode == 'prune':
@@ -247,6 +277,16 @@ def run_stage(args, provider):
     finally:
         if dist is not None:
             dist.close()
+
+
+def set_backends(args, device):
+    """cuDNN picks the fastest algorithms for the run's fixed shapes unless determinism is asked
+    for (--deterministic); the matmul precision stays full (fidelity). --sync_bn: BatchNorm over
+    the global batch under torchrun."""
+    set_global_statistics(args.sync_bn)
+    if torch.device(device).type == 'cuda':
+        torch.backends.cudnn.benchmark = not args.deterministic
+        torch.backends.cudnn.deterministic = bool(args.deterministic)
 
 
 def process_exit_code(status):

@@ -163,11 +163,11 @@ class FaceTasks(FolderTasks):
         return build_eval_loader(pairs, self.args.val_batch_size, self.workers, self.device)
 
     # the interface ------------------------------------------------------------------------------------
-    def loaders(self, task):
+    def build_loaders(self, task):
         """(train loader, select loader, number of classes); the verification task's select
         loader is the LFW pair loader (class docstring), the others' as in FolderTasks."""
         if not self.is_verification(task):
-            return super().loaders(task)
+            return super().build_loaders(task)
         a = self.args
         per_rank_batch(a.batch_size, self.dist)  # before any decoding
         select = self.pair_loader()  # a missing LFW or pairs file fails before the identities are listed

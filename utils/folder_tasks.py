@@ -67,6 +67,7 @@ class FolderTasks:
         self.args, self.device, self.dist = args, device, dist
         workers = getattr(args, 'workers', None)
         self.workers = default_workers(self.decode_per_sample) if workers is None else workers
+        self._loaders = {}   # loaders() of each task, built once
         self.val_fraction = float(getattr(args, 'val_fraction', 0) or 0)
         if not 0 <= self.val_fraction < 1:
             raise CPGError(f'--val_fraction must be in [0, 1), got {self.val_fraction}; '
@@ -87,7 +88,15 @@ class FolderTasks:
 
     # the interface ----------------------------------------------------------------------------------
     def loaders(self, task):
-        """(train loader, select loader, number of classes) of `task` for this process."""
+        """(train loader, select loader, number of classes) of `task` for this process, built
+        once: the stages of a task (--mode task) share the decoded data and the loader workers."""
+        key = (task, self.args.batch_size, self.args.val_batch_size, getattr(self, 'image_size', None))
+        if key not in self._loaders:
+            self._loaders[key] = self.build_loaders(task)
+        return self._loaders[key]
+
+    def build_loaders(self, task):
+        """loaders(), built."""
         a = self.args
         per_rank_batch(a.batch_size, self.dist)  # before any decoding
         train = self.train_set(task)
@@ -100,9 +109,13 @@ class FolderTasks:
             select = self.test_set(task)
             self._check_same_classes(task, train.classes, select.classes)
         num_classes = self.checked_num_classes(task, train.classes)
+        return self.make_loaders(train, select) + (num_classes,)
+
+    def make_loaders(self, train, select):
+        """(train loader, select loader) of the two datasets (subclasses may keep them elsewhere)."""
+        a = self.args
         return (build_train_loader(train, a.batch_size, self.workers, self.device, a.seed, self.dist),
-                build_eval_loader(select, a.val_batch_size, self.workers, self.device),
-                num_classes)
+                build_eval_loader(select, a.val_batch_size, self.workers, self.device))
 
     def checked_num_classes(self, task, train_classes):
         """The task's class count (its train class folders); CPGError if --num_classes differs."""

@@ -7,6 +7,7 @@ import os
 from models.layers import PICK_THRESHOLD
 
 from .checkpoint import resolve_checkpoint
+from .compact import compact_state_dict
 from .context import EXIT_OK
 from .errors import CPGError
 from .stats import ownership_stats
@@ -51,7 +52,6 @@ def compact_megabytes(model):
     """The model's size as the paper counts it: fp32 shared weights, owner ids at the fewest
     bits, pick masks at 1 bit per earlier-task entry, per-task norms, biases and heads (the
     tensors of tools/export.py's file, without the file's metadata)."""
-    from .compact import compact_state_dict  # utils.compact imports utils.checkpoint
     return sum(t.numel() * t.element_size() for t in compact_state_dict(model).values()) / 2 ** 20
 
 

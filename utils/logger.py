@@ -7,8 +7,14 @@ import sys
 
 
 class _BelowError(logging.Filter):
+    """The terminal's stdout: below errors, and not the records meant for the log file only
+    (logger.info(..., extra=FILE_ONLY): a run's whole argument list)."""
+
     def filter(self, record):
-        return record.levelno < logging.ERROR
+        return record.levelno < logging.ERROR and not getattr(record, 'file_only', False)
+
+
+FILE_ONLY = {'file_only': True}
 
 
 class _QuietFileHandler(logging.FileHandler):
@@ -19,8 +25,9 @@ class _QuietFileHandler(logging.FileHandler):
         pass
 
 
-def setup_logger(log_path=None, name='CPG'):
-    """Logger with the original's `time - name - level - message` format, to stdout and log_path.
+def setup_logger(log_path=None, name='CPG', verbose=False):
+    """Logger to stdout (`HH:MM:SS message`; verbose: the log file's format) and to log_path in the
+    original's `time - name - level - message` format.
 
     Errors go to stderr instead of stdout, as the single line `error: <message>` (what to do is in
     the message), and to the log file in the usual format.
@@ -34,7 +41,7 @@ def setup_logger(log_path=None, name='CPG'):
     fmt = logging.Formatter('%(asctime)s - %(name)s - %(levelname)s - %(message)s')
     stdout = logging.StreamHandler(sys.stdout)
     stdout.addFilter(_BelowError())
-    stdout.setFormatter(fmt)
+    stdout.setFormatter(fmt if verbose else logging.Formatter('%(asctime)s %(message)s', '%H:%M:%S'))
     stderr = logging.StreamHandler(sys.stderr)
     stderr.setLevel(logging.ERROR)
     stderr.setFormatter(logging.Formatter('error: %(message)s'))
@@ -58,8 +65,11 @@ def git_sha():
 
 
 def log_run_header(logger, args):
-    logger.info('git %s | %s', git_sha(), ' '.join(sys.argv))
-    logger.info('args: %s', json.dumps(dict(sorted(vars(args).items())), default=str))
+    """The git SHA, the command line and every argument: to the log file (also to the terminal
+    with --verbose / VERBOSE=1)."""
+    quiet = None if getattr(args, 'verbose', False) else FILE_ONLY
+    logger.info('git %s | %s', git_sha(), ' '.join(sys.argv), extra=quiet)
+    logger.info('args: %s', json.dumps(dict(sorted(vars(args).items())), default=str), extra=quiet)
 
 
 def append_jsonl(path, obj):

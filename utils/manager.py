@@ -6,6 +6,7 @@ progress bar), so the training loop never waits on the device per batch (spec §
 import math
 
 import torch
+import torch.nn as nn
 from tqdm import tqdm
 
 from models.layers import gate_
@@ -14,20 +15,30 @@ from .errors import CPGError
 from .objectives import Classification
 
 
-def task_parameters(model, task, train_weights=True):
+def is_batch_norm(module):
+    return isinstance(module, nn.modules.batchnorm._BatchNorm)
+
+
+def task_parameters(model, task, train_weights=True, train_bn=True, train_biases=True, train_head=True):
     """What SGD trains for `task`: shared weights (gated to the task's own entries), the task's
-    biases, norms and head. Everything else is frozen, so DDP and the optimizer never see it."""
+    biases, norms and head. Everything else is frozen, so DDP and the optimizer never see it.
+    train_bn / train_biases False: the task's BatchNorm / shared-layer biases stay as they start
+    (utils/recipes.py); train_head False: the head has an optimizer of its own."""
     for param in model.parameters():
         param.requires_grad_(False)
     params = []
     for _, layer in model.masked_layers():
         if train_weights:
             params.append(layer.weight)
-        if layer.has_bias:
+        if layer.has_bias and train_biases:
             params.append(layer.biases[str(task)])
     for _, module in model.per_task_modules():
-        params += list(module.per_task[str(task)].parameters())
-    params += list(model.heads[str(task)].parameters())
+        own = module.per_task[str(task)]
+        frozen = set() if train_bn else {id(p) for m in own.modules() if is_batch_norm(m)
+                                         for p in m.parameters(recurse=False)}
+        params += [p for p in own.parameters() if id(p) not in frozen]
+    if train_head:
+        params += list(model.heads[str(task)].parameters())
     for param in params:
         param.requires_grad_(True)
     for _, layer in model.masked_layers():  # pick scores are trained by their own optimizer
@@ -53,8 +64,9 @@ class Manager:
 
     def __init__(self, model, task, device, train_loader, val_loader, logger, objective=None,
                  net=None, reduce=None, log_every=50, show_progress=True, amp=None,
-                 channels_last=False):
+                 channels_last=False, after_epoch=None, train_bn=True):
         self.model, self.task, self.device = model, task, torch.device(device)
+        self.train_bn = train_bn   # False: BatchNorm in eval mode while training (piggyback, PackNet)
         # amp: None, 'bf16' or 'fp16' (autocast on the device; fp16 adds a GradScaler there)
         self.amp_dtype = {None: None, 'bf16': torch.bfloat16, 'fp16': torch.float16}[amp]
         self.scaler = torch.amp.GradScaler(self.device.type) if amp == 'fp16' else None
@@ -66,6 +78,7 @@ class Manager:
         self.reduce = reduce or (lambda tensor: tensor)   # all-reduce(sum) of train metrics under DDP
         self.log_every = log_every
         self.show_progress = show_progress
+        self.after_epoch = after_epoch   # e.g. rank 0's BatchNorm statistics to every rank
 
     def _batches(self, loader, desc):
         # disable=None: no bars when stderr is not a terminal (logs, pipes), so that stderr holds
@@ -78,6 +91,10 @@ class Manager:
         ({'loss', 'accuracy'}, step after the epoch)."""
         self.model.set_task(self.task)
         self.net.train()
+        if not self.train_bn:   # normalise with the stored statistics and never update them
+            for module in self.model.modules():
+                if is_batch_norm(module):
+                    module.eval()
         optimizers = [opt for opt in optimizers if opt is not None]
         if self.scaler is not None:  # fp16: the layers must not decay the scaled gradient
             for _, layer in self.model.masked_layers():
@@ -113,6 +130,8 @@ class Manager:
                 loss_sum, correct = sums.tolist()
                 self._check_finite(loss_sum, epoch, optimizers)
                 bar.set_postfix(loss=f'{loss_sum / seen:.3f}', acc=f'{correct / seen:.3f}')
+        if self.after_epoch is not None:
+            self.after_epoch(self.model)
         state = self.objective.state_dict()
         if state:  # e.g. AngleLoss's global step: saved with the task, continued by the next stage
             self.model.tasks[self.task - 1]['objective_state'] = state

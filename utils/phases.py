@@ -11,6 +11,8 @@ Replay, resume and the epoch loop are in utils/context.py; inference in utils/in
 import inspect
 import os
 
+import torch
+
 from models import MODELS, build_model, read_pretrained_state
 
 from .checkpoint import checkpoint_info
@@ -18,10 +20,10 @@ from .context import (EXIT_NO_CAPACITY, EXIT_OK, EXIT_STOP_PRUNING, EXIT_WIDEN, 
                       run_epochs, set_task_record)
 from .errors import CPGError
 from .grower import assign_free_capacity, owns_any, width_for_new_task
-from .manager import build_weight_optimizer
 from .picker import build_pick_optimizer, reset_picks
 from .pruner import GradualPruner
-from .records import read_goal, read_record, reset_record, write_goal, write_record
+from .recipes import build_head_optimizer, build_weight_optimizer
+from .records import read_goal, read_record, reset_record, write_goal, write_record, write_required
 from .schedules import ConstantSchedule, MilestoneSchedule, build_schedule
 from .selection import BestEpoch, build_selection
 
@@ -40,7 +42,9 @@ def must_prune_sparsity(total_num_tasks, learned):
     return round(1.0 - round(1.0 / (remaining + 1), 1), 4)
 
 
-def _begin(model, task, learn_pick, fixed_pick, weight_decay):
+def _begin(model, task, learn_pick, fixed_pick, weight_decay, channels_last=False):
+    if channels_last:   # before the phase's buffers are made from the weights (empty_like keeps it)
+        model.to(memory_format=torch.channels_last)
     for _, layer in model.masked_layers():
         layer.begin_phase(task, learn_pick=learn_pick, fixed_pick=fixed_pick, weight_decay=weight_decay)
 
@@ -51,10 +55,14 @@ def _end(model):
 
 
 def _save_result(ctx, model, task, selection, **record):
-    """Save the stage's result unless the selection already saved its best epoch."""
-    if not (selection.saves_each_best and selection.improved):
+    """Save the stage's result: its best epoch (kept in memory by ctx.keep_best) when the
+    selection keeps one, else the model as it ends; `record`: fields of its task table entry."""
+    if selection.saves_each_best and selection.improved:
+        ctx.restore_best(model)
+        set_task_record(model, task, **record)
+    else:
         set_task_record(model, task, accuracy=selection.accuracy, **record)
-        ctx.save(model)
+    ctx.save(model)
 
 
 def _evaluate_only(manager, selection):
@@ -64,7 +72,8 @@ def _evaluate_only(manager, selection):
 
 
 def _load_pretrained(ctx, model, task):
-    """The first task's backbone (and head, when the file's head fits) from --pretrained
+    """The new task's backbone (and head, when the file's head fits) from --pretrained: the first
+    task's, or any column's of an architecture that starts every task from it (ProgressiveNet)
     (spec §5.2: torchvision's ResNet-50; §5.3: the original's face_weight.pth)."""
     try:
         info = model.load_pretrained(read_pretrained_state(ctx.args.pretrained), task)
@@ -135,13 +144,14 @@ def run_finetune(ctx):
     assign_free_capacity(model, task)
     owns = owns_any(model, task)
     learn_pick = task >= 2 and a.learn_pick
-    _begin(model, task, learn_pick, fixed_pick=False, weight_decay=a.weight_decay)
+    _begin(model, task, learn_pick, fixed_pick=False, weight_decay=a.weight_decay, channels_last=a.channels_last)
     set_task_record(model, task, picks=learn_pick, pruning_ratio=0.0)
     ctx.logger.info('Phase A: task %d %r, width multiplier %s, %d classes, goal %s, picks %s, '
                     'schedule %s, selection %s', task, a.dataset, width, num_classes, goal, learn_pick,
                     a.lr_schedule, a.selection)
 
-    sgd = build_weight_optimizer(model, task, a.lr)
+    sgd = build_weight_optimizer(model, task, a, a.lr)
+    head_opt = build_head_optimizer(model, task, a)
     adam = build_pick_optimizer(model, a.lr_mask) if learn_pick else None
     manager = ctx.manager(model, task, train_loader, val_loader, net=ctx.wrap(model))
     schedule = build_schedule(a, a.lr, a.lr_mask, a.epochs, owns_weights=owns)
@@ -154,14 +164,15 @@ def run_finetune(ctx):
 
     def on_best(sel):
         set_task_record(model, task, accuracy=sel.accuracy)
-        ctx.save(model)
+        ctx.keep_best(model)
 
     trained = run_epochs(ctx, 'finetune', model, task, manager, sgd, adam, schedule, selection,
-                         signature, on_fresh=on_fresh, on_best=on_best)
+                         signature, on_fresh=on_fresh, on_best=on_best, head_opt=head_opt)
     _evaluate_only(manager, selection)
     _end(model)
-    _save_result(ctx, model, task, selection)
     acc, train_acc = selection.accuracy, selection.train_accuracy
+    if baseline or a.epochs == 0:
+        _save_result(ctx, model, task, selection)
     if record_file and ctx.is_main:
         write_record(record_file, 0.0, acc)
 
@@ -176,7 +187,14 @@ def run_finetune(ctx):
         return ctx.finish(signature, EXIT_OK if owns else EXIT_NO_CAPACITY, accuracy=acc, width=width)
 
     at_max = width >= a.max_allowed_network_width_multiplier - 1e-9
-    status, why = _phase_a_outcome(a, goal, acc, selection, owns, at_max)
+    status, why, below_gate = _phase_a_outcome(a, goal, acc, selection, owns, at_max)
+    if status != EXIT_WIDEN:   # a model that will be trained again wider is never read: not saved
+        # the pruning stages read both: the relative gate's reference, and whether the task was
+        # accepted at maximum width below the gate (the must-prune rule applies, spec §3.3)
+        fields = {} if train_acc is None else {'phase_a_train_accuracy': train_acc}
+        if below_gate:
+            fields['below_gate_at_max_width'] = True
+        _save_result(ctx, model, task, selection, **fields)
     ctx.logger.info('Phase A result after %d epochs: val %.4f (epoch %s) goal %s -> %s (exit %d)',
                     trained, acc, selection.epoch, goal, why, status)
     return ctx.finish(signature, status, accuracy=acc, train_accuracy=train_acc, width=width,
@@ -184,24 +202,27 @@ def run_finetune(ctx):
 
 
 def _phase_a_outcome(a, goal, acc, selection, owns, at_max):
-    """(exit status, reason) of Phase A: accept (0, or 5 when the task owns nothing) or widen (2).
-    Each reason has its own words: the goal, the train-accuracy gate, or both can fail."""
+    """(exit status, reason, below_gate) of Phase A: accept (0, or 5 when the task owns nothing)
+    or widen (2); below_gate: accepted at maximum width below the train-accuracy gate. Each reason
+    has its own words: the goal, the train-accuracy gate, or both can fail."""
     accepted = EXIT_OK if owns else EXIT_NO_CAPACITY
     if goal is None:
-        return accepted, 'no goal: accepted'
+        return accepted, 'no goal: accepted', False
     met = acc >= goal - a.goal_margin
     gated = selection.passes_gate()
     if met and gated:
-        return accepted, 'goal reached'
+        return accepted, 'goal reached', False
     goal_text = f'val {acc:.4f} {">=" if met else "<"} goal {goal:.4f} - margin {a.goal_margin}'
-    gate_text = '' if gated else f'train accuracy {selection.train_accuracy:.4f} <= gate {a.train_acc_gate}'
+    gate_text = '' if gated else selection.gate_reason()
     if met:   # only the gate failed
         what = f'goal met ({goal_text}) but {gate_text}'
     else:
         what = f'goal missed ({goal_text}{", and " + gate_text if gate_text else ""})'
-    if at_max:
-        return accepted, f'{what} at maximum width: accept, must-prune rule applies'
-    return EXIT_WIDEN, f'{what}: widen the network and retry'
+    if not at_max:
+        return EXIT_WIDEN, f'{what}: widen the network and retry', False
+    if met and getattr(a, 'gate_stops_must_prune', False):   # the original: only a missed goal
+        return accepted, f'{what} at maximum width: accept (the goal was met: no must-prune rule)', True
+    return accepted, f'{what} at maximum width: accept, must-prune rule applies', not gated
 
 
 # --------------------------------------------------------------------------------------------------
@@ -218,7 +239,9 @@ def _last_task(ctx, source):
 
 
 def _must_prune(ctx, source, task):
-    """Required sparsity if the must-prune rule applies (spec §3.3), else None."""
+    """Required sparsity if the must-prune rule applies (spec §3.3), else None: the task is at the
+    maximum width and its Phase A missed the goal there or (unless --gate_stops_must_prune, the
+    original) was accepted below the train-accuracy gate."""
     a = ctx.args
     if (a.total_num_tasks is None or not a.baseline_acc_file
             or source['network_width_multiplier'] < a.max_allowed_network_width_multiplier - 1e-9):
@@ -226,9 +249,31 @@ def _must_prune(ctx, source, task):
     record = read_record(a.pruning_ratio_to_acc_record_file) if a.pruning_ratio_to_acc_record_file else {}
     acc0 = record.get('0.0', source['tasks'][task - 1].get('accuracy'))
     goal = read_goal(a.baseline_acc_file, a.dataset)
-    if acc0 is None or acc0 >= goal - a.goal_margin:
+    missed = acc0 is not None and acc0 < goal - a.goal_margin
+    gated = not a.gate_stops_must_prune and bool(source['tasks'][task - 1].get('below_gate_at_max_width'))
+    if not (missed or gated):
         return None
     return must_prune_sparsity(a.total_num_tasks, task)
+
+
+def _pruning_options(a):
+    """The pruning rules that differ from the defaults (the original's, utils/recipes.py)."""
+    options = {}
+    if a.release_zeroing != 'release':
+        options['release_zeroing'] = a.release_zeroing
+    if a.sparsity_rule != 'exact':
+        options['sparsity_rule'] = a.sparsity_rule
+    if a.gate_stops_must_prune:
+        options['gate_stops_must_prune'] = True
+    return options
+
+
+def prune_schedule(a):
+    """A pruning stage's LRs: constant (CPG, spec §3.2), or x --lr_decay_factor after the epochs of
+    --prune_lr_decay_epochs (PackNet's retrain); the pick mask is frozen (LR 0)."""
+    if a.prune_lr_decay_epochs:
+        return MilestoneSchedule(a.lr, 0.0, a.epochs, a.prune_lr_decay_epochs, a.lr_decay_factor, [], [])
+    return ConstantSchedule(a.lr, 0.0, a.epochs)
 
 
 def run_prune(ctx):
@@ -241,14 +286,22 @@ def run_prune(ctx):
     extra_sig = {} if goal is None else {'goal': goal}   # unchanged signatures of the other rules
     if a.prune_lr_decay_epochs:
         extra_sig['prune_lr_decay_epochs'] = a.prune_lr_decay_epochs
+    extra_sig.update(_pruning_options(a))
+    must = _must_prune(ctx, source, task)
+    # Under the rule the stage must reach its share whatever its train accuracy (or goal floor)
+    # says; --gate_stops_must_prune (the original) lets the gate stop it first.
+    enforce = must is not None and not a.gate_stops_must_prune
+    if must is not None:
+        extra_sig['must_prune'] = must
     signature = ctx.signature('prune', source, **extra_sig, initial_sparsity=a.initial_sparsity,
                               target_sparsity=a.target_sparsity, pruning_interval=a.pruning_interval,
                               pruning_frequency=a.pruning_frequency,
                               width=source['network_width_multiplier'])
+    if a.pruning_ratio_to_acc_record_file and ctx.is_main:   # what the choosers may not pick below
+        write_required(a.pruning_ratio_to_acc_record_file, must if enforce else None, a.dataset)
     replayed = ctx.replay(signature)
     if replayed is not None:
         return replayed
-    must = _must_prune(ctx, source, task)
     if must is not None and a.initial_sparsity >= must - 1e-9:
         ctx.logger.info('must-prune rule: sparsity %.2f already reaches the required %.2f; stop', a.initial_sparsity, must)
         return ctx.finish(signature, EXIT_STOP_PRUNING, reason='must-prune reached')
@@ -256,15 +309,25 @@ def run_prune(ctx):
 
     train_loader, val_loader, _ = ctx.data.loaders(a.dataset)
     _begin(model, task, learn_pick=False, fixed_pick=bool(model.tasks[task - 1].get('picks')),
-           weight_decay=a.weight_decay)
-    sgd = build_weight_optimizer(model, task, a.lr)
+           weight_decay=a.weight_decay, channels_last=a.channels_last)
+    sgd = build_weight_optimizer(model, task, a, a.lr)
+    head_opt = build_head_optimizer(model, task, a)
     manager = ctx.manager(model, task, train_loader, val_loader, net=ctx.wrap(model))
     pruner = GradualPruner(model, task, a.initial_sparsity, a.target_sparsity, begin_step=0,
                            end_step=a.pruning_interval * len(train_loader),
-                           frequency=a.pruning_frequency, optimizer=sgd)
+                           frequency=a.pruning_frequency, optimizer=sgd,
+                           release_zeroing=a.release_zeroing, sparsity_rule=a.sparsity_rule)
     if ctx.dist is not None:
         pruner.after_update = ctx.dist.broadcast_owners
-    selection = build_selection(a, 'prune', a.epochs, goal=goal)
+    reference = source['tasks'][task - 1].get('phase_a_train_accuracy')
+    selection = build_selection(a, 'prune', a.epochs, goal=goal, reference=reference, must_prune=enforce)
+    if enforce:
+        ctx.logger.info('must-prune rule: this task must free %.2f of its capacity; the train-accuracy '
+                        'gate and goal floor do not stop this stage', must)
+
+    def on_best(sel):
+        set_task_record(model, task, accuracy=sel.accuracy, pruning_ratio=a.target_sparsity)
+        ctx.keep_best(model)
 
     def on_fresh():
         before = manager.validate()
@@ -273,18 +336,20 @@ def run_prune(ctx):
         if a.pruning_interval == 0:  # one-shot (PackNet): prune to the target, then retrain
             pruner.finalize()
             ctx.logger.info('one-shot pruning to %s before retraining', a.target_sparsity)
+            if selection.saves_each_best:   # PackNet's main.py: the retrain must beat the pruned model
+                pruner.before_validation()
+                pruned = manager.validate()
+                ctx.logger.info('after one-shot pruning: val acc %.4f (a retrained epoch is kept only '
+                                'if it beats it)', pruned['accuracy'])
+                if selection.observe(-1, None, pruned):
+                    on_best(selection)
 
-    def on_best(sel):
-        set_task_record(model, task, accuracy=sel.accuracy, pruning_ratio=a.target_sparsity)
-        ctx.save(model)
-
-    schedule = ConstantSchedule(a.lr, 0.0, a.epochs)
-    if a.prune_lr_decay_epochs:  # PackNet's retrain: x0.1 after these epochs
-        schedule = MilestoneSchedule(a.lr, 0.0, a.epochs, a.prune_lr_decay_epochs, a.lr_decay_factor, [], [])
+    schedule = prune_schedule(a)
     run_epochs(ctx, 'prune', model, task, manager, sgd, None, schedule,
-               selection, signature, pruner=pruner, on_fresh=on_fresh, on_best=on_best)
+               selection, signature, pruner=pruner, on_fresh=on_fresh, on_best=on_best, head_opt=head_opt)
     if selection.val is None:
         pruner.finalize()
+        pruner.before_validation()
         _evaluate_only(manager, selection)
     _end(model)
     acc, train_acc = selection.accuracy, selection.train_accuracy
@@ -315,8 +380,9 @@ def run_retrain(ctx):
     hint = 'choose the pruning ratio first'
     source = checkpoint_info(a.load_folder, hint)
     task = _last_task(ctx, source)
+    extra_sig = {} if a.retrain_baseline == 'pruned' else {'retrain_baseline': a.retrain_baseline}
     signature = ctx.signature('retrain', source, width=source['network_width_multiplier'],
-                              patience=a.retrain_patience)
+                              patience=a.retrain_patience, **extra_sig)
     replayed = ctx.replay(signature)
     if replayed is not None:
         return replayed
@@ -327,8 +393,10 @@ def run_retrain(ctx):
 
     train_loader, val_loader, _ = ctx.data.loaders(a.dataset)
     reset_picks(model, task)  # the stored pick is discarded; a fresh one starts at 0.01
-    _begin(model, task, learn_pick=True, fixed_pick=False, weight_decay=a.weight_decay)
-    sgd = build_weight_optimizer(model, task, a.lr)
+    _begin(model, task, learn_pick=True, fixed_pick=False, weight_decay=a.weight_decay,
+           channels_last=a.channels_last)
+    sgd = build_weight_optimizer(model, task, a, a.lr)
+    head_opt = build_head_optimizer(model, task, a)
     adam = build_pick_optimizer(model, a.lr_mask)
     manager = ctx.manager(model, task, train_loader, val_loader, net=ctx.wrap(model))
     schedule = build_schedule(a, a.lr, a.lr_mask, a.epochs, owns_weights=owns_any(model, task),
@@ -337,21 +405,29 @@ def run_retrain(ctx):
 
     def on_fresh():
         # The retrained model must beat the model it would replace. The original compared with the
-        # fresh mask's first validation, so a retrain worse than the pruned model could replace it.
+        # fresh mask's first validation, so a retrain worse than the pruned model could replace it
+        # (--retrain_baseline fresh restores that).
         fresh = manager.validate()['accuracy']
         pruned = model.tasks[task - 1].get('accuracy')
-        selection.threshold = fresh if pruned is None else max(fresh, pruned)
+        if a.retrain_baseline == 'fresh' or pruned is None:
+            selection.threshold, what = fresh, 'the fresh pick mask\'s first validation, as the original'
+        else:
+            selection.threshold, what = max(fresh, pruned), 'the pruned model'
         ctx.logger.info('retrain: task %d starts at val acc %.4f with a fresh pick mask; '
-                        'to keep, it must beat %.4f (the pruned model)', task, fresh, selection.threshold)
+                        'to keep, it must beat %.4f (%s)', task, fresh, selection.threshold, what)
 
     def on_best(sel):  # frozen: the pick is packed exactly as end_phase would pack it
         set_task_record(model, task, accuracy=sel.accuracy)
-        ctx.save(model)
+        ctx.keep_best(model)
 
     # `improved` is the truth about retrain/checkpoint.pth.tar: a file left by an interrupted or
     # differently configured attempt may be there, and only result.json says whether it counts.
     run_epochs(ctx, 'retrain', model, task, manager, sgd, adam, schedule, selection, signature,
-               on_fresh=on_fresh, on_best=on_best)
+               on_fresh=on_fresh, on_best=on_best, head_opt=head_opt)
+    _end(model)
+    if selection.improved:   # the best epoch, kept in memory, is the retrain's checkpoint
+        ctx.restore_best(model)
+        ctx.save(model)
     ctx.logger.info('retrain done: best val acc %.4f (%s)', selection.best,
                     'improved, kept' if selection.improved else 'no improvement, discarded')
     return ctx.finish(signature, EXIT_OK, accuracy=selection.best, improved=selection.improved)

@@ -7,9 +7,14 @@ the original, both deliberate (spec §12 items 3 and 6):
   * exactly r entries are free after an update (ties at the cutoff broken by position), and the
     target s_f is always applied at t1 (or at the end of a stage shorter than the interval);
   * the order statistic is taken over the task's own entries only (free ones are zeros and come
-    first), which gives the same cutoff with far less work than sorting the whole pool.
+    first), which gives the same cutoff with far less work than sorting the whole pool; on a GPU a
+    stable sort ranks them instead, on the device and without a host sync (the same entries);
   * released weights are zeroed at once and lose their momentum, so they leave the forward pass
     immediately instead of at the next validation.
+The original's way is one switch each (utils/recipes.py): --sparsity_rule original (the r-th
+smallest magnitude of the pool as the cutoff, stale released values included, ties released, no
+forced final update) and --release_zeroing validation (released weights keep their values and
+momentum until before_validation() zeroes them).
 """
 import torch
 
@@ -32,6 +37,18 @@ def kth_smallest(values, k):
     return torch.kthvalue(values, k).values
 
 
+def _release_mask_by_sort(magnitude, to_release, scratch):
+    """The `to_release` smallest entries of `magnitude` (inf where not the task's), ties broken by
+    position, without a host sync: a stable sort gives each entry its rank, and the released
+    ones are those ranked below `to_release` (a 0-dim tensor on the device). On a GPU this
+    replaces torch.kthvalue over a whole layer, which is slow for large tensors (pytorch#75599)."""
+    flat = magnitude.view(-1)
+    order = torch.sort(flat, stable=True).indices
+    ranks = scratch.ranks
+    ranks.scatter_(0, order, scratch.positions)
+    return torch.lt(ranks.view(magnitude.shape), to_release, out=scratch.released)
+
+
 class LayerScratch:
     """Buffers of one layer's shape, reused by every mask update of a stage.
 
@@ -46,18 +63,37 @@ class LayerScratch:
         self.keep = torch.empty_like(self.own)
         self.keep_float = torch.empty_like(self.magnitude)
         self.inf = torch.tensor(float('inf'), dtype=weight.dtype, device=weight.device)
+        self.ranks = self.positions = None   # the sort path's, made at its first use
+
+    def sort_buffers(self):
+        if self.ranks is None:
+            n = self.magnitude.numel()
+            self.positions = torch.arange(n, device=self.magnitude.device)
+            self.ranks = torch.empty(n, dtype=torch.int64, device=self.magnitude.device)
 
 
 @torch.no_grad()
-def release_smallest(layer, task, sparsity, pool_size, momentum_buffer=None, scratch=None):
+def release_smallest(layer, task, sparsity, pool_size, momentum_buffer=None, scratch=None, by_sort=None,
+                     zero=True):
     """Free the task's smallest weights so exactly round(sparsity * pool) pool entries are free.
 
     Free entries hold zeros and count first, so this releases the (rank - free)-th smallest
-    magnitudes among the task's own entries, ties at the cutoff broken by position.
+    magnitudes among the task's own entries, ties at the cutoff broken by position. On the CPU
+    an in-place selection finds the cutoff; on a GPU (by_sort, default there) a stable sort ranks
+    the entries on the device, with no host sync: both release exactly the same entries.
+    zero=False: the released entries keep their weights and momentum (see _release).
     """
     rank = round(sparsity * pool_size)  # Python round: half to even, as the original
     scratch = scratch or LayerScratch(layer.weight)
     own = torch.eq(layer.owner, task, out=scratch.own)
+    if by_sort if by_sort is not None else layer.weight.is_cuda:
+        scratch.sort_buffers()
+        to_release = (rank - pool_size + own.sum()).clamp_min(0)   # a 0-dim tensor: no sync
+        magnitude = torch.abs(layer.weight, out=scratch.magnitude)
+        torch.where(own, magnitude, scratch.inf, out=magnitude)
+        released = _release_mask_by_sort(magnitude, to_release, scratch).logical_and_(own)
+        _release(layer, released, scratch, momentum_buffer, zero)
+        return
     num_own = int(torch.count_nonzero(own))
     to_release = rank - (pool_size - num_own)
     if to_release <= 0:
@@ -72,19 +108,45 @@ def release_smallest(layer, task, sparsity, pool_size, momentum_buffer=None, scr
     if missing > 0:  # equal magnitudes at the cutoff: take the first ones by position
         ties = (own & (magnitude == cutoff)).view(-1).nonzero().squeeze(1)[:missing]
         released.view(-1)[ties] = True
+    _release(layer, released, scratch, momentum_buffer, zero)
+
+
+def _release(layer, released, scratch, momentum_buffer, zero=True):
+    """Free the `released` entries (bool, weight shape): owner 0, weight 0, momentum 0 (zero=False:
+    owner 0 only; weight and momentum as they are, the original's timing)."""
     keep = torch.logical_not(released, out=scratch.keep)
     keep_float = scratch.keep_float.copy_(keep)
-    layer.release_(keep, keep_float)
-    if momentum_buffer is not None:
+    layer.release_(keep, keep_float, zero=zero)
+    if momentum_buffer is not None and zero:
         momentum_buffer.mul_(keep_float)
+
+
+@torch.no_grad()
+def release_at_cutoff(layer, task, sparsity, pool_size, momentum_buffer=None, scratch=None, zero=True):
+    """The original's cutoff (spec §3.2): c = the r-th smallest |W| of the pool (the task's and the
+    free entries, whatever values released ones still hold), r = round(sparsity * pool); every
+    entry of the task with |W| <= c is released, ties included. r = 0 releases nothing (the
+    original failed there with "not enough weights" and exit 2)."""
+    rank = round(sparsity * pool_size)
+    if rank <= 0:
+        return
+    scratch = scratch or LayerScratch(layer.weight)
+    own = torch.eq(layer.owner, task, out=scratch.own)
+    magnitude = torch.abs(layer.weight, out=scratch.magnitude)
+    pool = own | (layer.owner == 0)
+    cutoff = kth_smallest(magnitude[pool].clone(), rank)
+    released = torch.le(magnitude, cutoff, out=scratch.released).logical_and_(own)
+    _release(layer, released, scratch, momentum_buffer, zero)
 
 
 class GradualPruner:
     """Drives release_smallest over all masked layers on the cubic schedule of one stage."""
 
     def __init__(self, model, task, initial_sparsity, target_sparsity, begin_step, end_step,
-                 frequency, optimizer=None):
+                 frequency, optimizer=None, release_zeroing='release', sparsity_rule='exact'):
         self.layers = [layer for _, layer in model.masked_layers()]
+        self.zero_at_release = release_zeroing == 'release'
+        self.exact = sparsity_rule == 'exact'
         self.task = task
         self.initial_sparsity, self.target_sparsity = initial_sparsity, target_sparsity
         self.begin_step, self.end_step, self.frequency = begin_step, end_step, frequency
@@ -95,6 +157,7 @@ class GradualPruner:
         # The pool (owned by the task or free) is constant during a task: releases move k -> 0.
         self.pool_sizes = [int(torch.count_nonzero((l.owner == task) | (l.owner == 0))) for l in self.layers]
         self.scratch = None  # per-layer buffers, allocated at the first update
+        self.by_sort = None  # None: the device's way (sort on a GPU, selection on the CPU)
 
     def state_dict(self):
         return {'last_update': self.last_update, 'applied': self.applied}
@@ -103,7 +166,7 @@ class GradualPruner:
         self.last_update, self.applied = state['last_update'], state['applied']
 
     def _momentum(self, layer):
-        if self.optimizer is None:
+        if self.optimizer is None or not self.zero_at_release:
             return None
         return self.optimizer.state.get(layer.weight, {}).get('momentum_buffer')
 
@@ -111,7 +174,12 @@ class GradualPruner:
         if self.scratch is None:
             self.scratch = [LayerScratch(layer.weight) for layer in self.layers]
         for layer, pool, scratch in zip(self.layers, self.pool_sizes, self.scratch):
-            release_smallest(layer, self.task, sparsity, pool, self._momentum(layer), scratch)
+            if self.exact:   # free entries count first whatever they still hold: exactly round(s x pool)
+                release_smallest(layer, self.task, sparsity, pool, self._momentum(layer), scratch, self.by_sort,
+                                 zero=self.zero_at_release)
+            else:
+                release_at_cutoff(layer, self.task, sparsity, pool, self._momentum(layer), scratch,
+                                  zero=self.zero_at_release)
         if self.after_update is not None:
             self.after_update(self)
         self.applied = sparsity
@@ -120,7 +188,7 @@ class GradualPruner:
         """Call after the optimizer step with the stage's 0-based step counter."""
         in_window = self.begin_step <= step <= self.end_step
         due = step >= self.last_update + self.frequency
-        final = step == self.end_step and self.applied != self.target_sparsity
+        final = self.exact and step == self.end_step and self.applied != self.target_sparsity
         if in_window and (due or final):
             self.apply(sparsity_at(step, self.initial_sparsity, self.target_sparsity,
                                    self.begin_step, self.end_step))
@@ -129,6 +197,14 @@ class GradualPruner:
         return False
 
     def finalize(self):
-        """Make sure the stage ends exactly at the target (stages shorter than the interval)."""
-        if self.applied != self.target_sparsity:
+        """Make sure the stage ends exactly at the target (stages shorter than the interval). The
+        original rule does so only for one-shot pruning: its ramp may end short of the target."""
+        one_shot = self.end_step <= self.begin_step
+        if self.applied != self.target_sparsity and (self.exact or one_shot):
             self.apply(self.target_sparsity)
+
+    def before_validation(self):
+        """--release_zeroing validation: the weights released since the last validation become 0."""
+        if not self.zero_at_release:
+            for layer in self.layers:
+                layer.zero_free_()

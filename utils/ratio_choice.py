@@ -10,25 +10,61 @@ chosen stage's own checkpoint, where the retrain starts from. Nothing is deleted
 import json
 import os
 
+import shlex
+
 from .checkpoint import CHECKPOINT_NAME, atomic_write_json, checkpoint_info, copy_checkpoint, read_sidecar
 from .errors import CPGError
-from .records import CHOICE_MARKER, ratio_key
+from .records import CHOICE_MARKER, ratio_key, read_required
+
+PICK_TOOL = 'tools/pick_pruning_ratio.py'
 
 
-def choose_ratio(record, goal, allow_acc_loss, at_max_width):
+def choose_ratio(record, goal, allow_acc_loss, at_max_width, required=None):
     """Sparsity key to keep, or None for the unpruned model. record: {"0.0": acc, "0.1": acc, ...}.
 
     The highest sparsity whose accuracy + allow_acc_loss >= goal; at the maximum width, when the
-    unpruned accuracy missed the goal, the highest sparsity reached (the must-prune result).
+    unpruned accuracy missed the goal (by more than allow_acc_loss), the highest sparsity reached
+    (the must-prune result). `required`: the sparsity the must-prune rule requires (must_prune.json):
+    nothing below it is chosen (CPGError when no stage reached it).
     """
     acc0 = record.get('0.0')
     stages = sorted((k for k in record if float(k) > 0), key=float, reverse=True)
-    if at_max_width and acc0 is not None and acc0 < goal and stages:
+    if required:
+        check_required(record, required)
+        stages = [k for k in stages if float(k) >= required - 1e-9]
+        if not any(record[k] + allow_acc_loss >= goal for k in stages):
+            return stages[0]
+    if at_max_width and acc0 is not None and acc0 + allow_acc_loss < goal and stages:
         return stages[0]
     for key in stages:
         if record[key] + allow_acc_loss >= goal:
             return key
     return None
+
+
+def check_required(record, required, key=None):
+    """CPGError unless `key` (default: the highest recorded sparsity) reaches `required`."""
+    reached = max((float(k) for k in record), default=0.0) if key is None else float(key)
+    if reached < required - 1e-9:
+        what = f'sparsity {key}' if key is not None else f'the highest recorded sparsity ({ratio_key(reached)})'
+        raise CPGError(f'the must-prune rule requires this task to free {required:g} of its capacity '
+                       f'(it missed its goal at the maximum width), but {what} is below it; '
+                       + ('pick a recorded sparsity >= %g' % required if key is not None else
+                          'rerun its pruning stages up to that sparsity (PRUNING_RATIOS)'))
+
+
+def task_goal_margin(task_folder):
+    """The goal margin the task's Phase A accepted with (its scratch/result.json), else 0.0."""
+    try:
+        with open(os.path.join(task_folder, 'scratch', 'result.json')) as f:
+            return float(json.load(f)['signature'].get('goal_margin') or 0.0)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return 0.0
+
+
+def required_sparsity(task_folder):
+    """The must-prune rule's required sparsity of the task (gradual_prune/must_prune.json) or None."""
+    return read_required(os.path.join(task_folder, 'gradual_prune'))
 
 
 def is_at_max_width(width, max_width):
@@ -125,3 +161,73 @@ def format_record_table(record, goal=None, suggested=None, chosen=None, has_chec
         line = '  '.join(c.rjust(w) for c, w in zip(row, widths))
         lines.append(line + ('  <- ' + ', '.join(marks) if marks else ''))
     return lines
+
+
+def pick_command(task_folder, ratio, task=None, goals_file=None):
+    """The command that picks `ratio` for the task in `task_folder` by hand."""
+    argv = ['python', PICK_TOOL, '--task_folder', task_folder]
+    if task:
+        argv += ['--dataset', task]
+    if goals_file:
+        argv += ['--baseline_acc_file', goals_file]
+    return ' '.join(shlex.quote(a) for a in argv) + f' --ratio {ratio}'
+
+
+def record_report(task_folder, task, record, goal, goals_file, allow_acc_loss, max_width, dataset=None,
+                  why=None):
+    """The record as the lines a user picks from: the table, the goal and the rule's suggestion,
+    and the command that picks it (`dataset`: the --dataset it needs, when the task is not the
+    folder's name; `why`: why there is no goal)."""
+    scratch_meta = read_sidecar(stage_checkpoint(task_folder, None))
+    width = scratch_meta.get('network_width_multiplier') if scratch_meta else None
+    required = required_sparsity(task_folder)
+    suggested, problem = None, None
+    if goal is not None:
+        try:
+            suggested = choose_ratio(record, goal, allow_acc_loss, is_at_max_width(width, max_width),
+                                     required) or '0.0'
+        except CPGError as exc:
+            problem = str(exc)
+    exists = {key: os.path.isfile(stage_checkpoint(task_folder, key)) for key in record}
+    lines = [f'{task}: {os.path.join(task_folder, "gradual_prune", "record.txt")}'
+             + (f' (width multiplier {width})' if width is not None else '')]
+    lines += format_record_table(record, goal, suggested, read_choice(task_folder), exists)
+    if required:
+        lines.append(f'must-prune rule: this task missed its goal at the maximum width and must free '
+                     f'{required:g} of its capacity; no sparsity below it can be picked')
+    if problem:
+        lines.append(problem)
+        return lines
+    if goal is None:
+        lines.append(f'no accuracy goal ({why or "no goal file given"}): no goal column and no suggestion; '
+                     f'pass --baseline_acc_file GOALS.json to see them')
+        lines.append(f'pick one: {pick_command(task_folder, "<sparsity>", dataset)}')
+        return lines
+    lines.append(f'goal {100 * goal:.2f}% ({task} in {goals_file}); the automatic rule '
+                 f'(allow_acc_loss {allow_acc_loss}, max width {max_width}) suggests {suggested}')
+    lines.append(f'pick it: {pick_command(task_folder, suggested, dataset, goals_file)}')
+    return lines
+
+
+def keep_retrain_if_improved(task_folder):
+    """After the retrain (spec §3.5): its model replaces the picked one in gradual_prune/ only if
+    its result.json says it improved; retrain/promoted.json records the decision. Returns it."""
+    retrain_dir = os.path.join(task_folder, 'retrain')
+    path = os.path.join(retrain_dir, 'result.json')
+    try:
+        with open(path) as f:
+            result = json.load(f)
+    except FileNotFoundError:
+        raise CPGError(f'no retrain result at {path}; run the retrain (--finetune_again) first') from None
+    except (OSError, ValueError):
+        raise CPGError(f'cannot read {path}; delete it and rerun the retrain') from None
+    keep = bool(result.get('improved'))
+    retrained = os.path.join(retrain_dir, CHECKPOINT_NAME)
+    if keep:
+        if not os.path.isfile(retrained):
+            raise CPGError(f'{path} says the retrain improved but {retrained} is missing; delete '
+                           f'result.json and rerun the retrain')
+        copy_checkpoint(retrained, os.path.join(task_folder, 'gradual_prune', CHECKPOINT_NAME))
+    atomic_write_json(os.path.join(retrain_dir, 'promoted.json'),
+                      {'retrained_model_kept': keep, 'accuracy': result.get('accuracy')})
+    return keep

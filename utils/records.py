@@ -2,18 +2,42 @@
 import json
 import os
 
-from .checkpoint import atomic_write_json
+from .atomic import atomic_write_json
 from .errors import CPGError
 
 
 CHOICE_MARKER = 'chosen.json'  # written by the ratio chooser beside record.txt
+REQUIRED_MARKER = 'must_prune.json'  # written by the pruning stages beside record.txt (spec §3.3)
 
 
 def reset_record(path):
-    """Forget a task's pruning record and ratio choice (a fresh Phase A makes them stale)."""
-    for stale in (path, os.path.join(os.path.dirname(os.path.abspath(path)), CHOICE_MARKER)):
+    """Forget a task's pruning record, ratio choice and required sparsity (a fresh Phase A makes
+    them stale)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    for stale in (path, os.path.join(folder, CHOICE_MARKER), os.path.join(folder, REQUIRED_MARKER)):
         if os.path.isfile(stale):
             os.remove(stale)
+
+
+def write_required(record_path, required, task):
+    """Beside record.txt: the sparsity the must-prune rule requires of the task (None: no rule,
+    the file goes). Every chooser refuses a sparsity below it."""
+    path = os.path.join(os.path.dirname(os.path.abspath(record_path)), REQUIRED_MARKER)
+    if required is None:
+        if os.path.isfile(path):
+            os.remove(path)
+        return
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    atomic_write_json(path, {'task': task, 'required_sparsity': required})
+
+
+def read_required(prune_folder):
+    """The required sparsity recorded in `prune_folder` (a task's gradual_prune/), or None."""
+    try:
+        with open(os.path.join(prune_folder, REQUIRED_MARKER)) as f:
+            return float(json.load(f)['required_sparsity'])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def ratio_key(ratio):

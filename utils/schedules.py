@@ -27,6 +27,7 @@ class ConstantSchedule:
 
     def __init__(self, lr, lr_mask, epochs):
         self.lr, self.lr_mask, self.epochs = lr, lr_mask, epochs
+        self.base_lr = lr   # the weights' LR before any decay (the head's LR follows its ratio)
 
     def lrs(self, epoch):
         return self.lr, self.lr_mask

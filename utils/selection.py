@@ -11,7 +11,37 @@
 
 Retrain (spec §3.5) is `best` with a starting threshold and a patience. The state is part of the
 resume state, so a resumed stage selects exactly what an uninterrupted one selects.
+
+The train-accuracy gate (TrainGate) is --train_acc_gate: a number gates `last` only (the paper:
+train accuracy > gate, in Phase A and the pruning stages); relative:D gates the pruning stages of
+every rule (train accuracy >= the task's Phase A train accuracy - D) and not Phase A, which then
+accepts on its accuracy goal alone. A task under the must-prune rule is not gated (spec §3.3).
 """
+from .recipes import relative_margin
+
+
+class TrainGate:
+    """A stage counts only if its train accuracy passes: > threshold (absolute, the paper) or
+    >= threshold (relative: the Phase A train accuracy less a margin)."""
+
+    def __init__(self, threshold, inclusive=False, text=None):
+        self.threshold, self.inclusive = threshold, inclusive
+        self.text = text or f'gate {threshold}'
+
+    def passes(self, train_accuracy):
+        if self.inclusive:
+            return train_accuracy >= self.threshold
+        return train_accuracy > self.threshold
+
+    def __str__(self):
+        return self.text
+
+
+def _gate(gate):
+    """A TrainGate from a number (the absolute gate), a TrainGate, or None (no gate)."""
+    if gate is None or isinstance(gate, TrainGate):
+        return gate
+    return TrainGate(float(gate))
 
 
 class LastEpoch:
@@ -19,7 +49,7 @@ class LastEpoch:
     saves_each_best = False
 
     def __init__(self, gate):
-        self.gate = gate
+        self.gate = _gate(gate)
         self.train = self.val = self.epoch = None
 
     def observe(self, epoch, train, val):
@@ -41,11 +71,12 @@ class LastEpoch:
 
     def passes_gate(self):
         """A stage that trained no epoch (a pretrained task, evaluated only) has nothing to gate."""
-        return self.train is None or self.train['accuracy'] > self.gate
+        return self.train is None or self.gate is None or self.gate.passes(self.train['accuracy'])
 
     def gate_reason(self):
         """Why a stage that fails passes_gate saved nothing (log and result.json)."""
-        return f'train accuracy {self.train_accuracy:.4f} <= gate {self.gate}'
+        below = '<' if self.gate.inclusive else '<='
+        return f'train accuracy {self.train_accuracy:.4f} {below} {self.gate}'
 
     def state_dict(self):
         return {'epoch': self.epoch, 'train': self.train, 'val': self.val}
@@ -60,8 +91,8 @@ class BestEpoch(LastEpoch):
     `patience`: stop after that many epochs without a new best (retrain)."""
     saves_each_best = True
 
-    def __init__(self, first_epoch=0, last_epoch=None, threshold=None, patience=None):
-        super().__init__(gate=None)
+    def __init__(self, first_epoch=0, last_epoch=None, threshold=None, patience=None, gate=None):
+        super().__init__(gate=gate)
         self.first_epoch, self.last_epoch = first_epoch, last_epoch
         self.threshold, self.patience = threshold, patience
         self.stale, self.improved = 0, False
@@ -86,9 +117,6 @@ class BestEpoch(LastEpoch):
         """The accuracy to beat: the best result so far, else the threshold."""
         return self.accuracy if self.improved else self.threshold
 
-    def passes_gate(self):
-        return True
-
     def state_dict(self):
         return dict(super().state_dict(), stale=self.stale, improved=self.improved,
                     threshold=self.threshold)
@@ -111,9 +139,11 @@ class BestAboveGoal(BestEpoch):
         return super().observe(epoch, train, val)
 
     def passes_gate(self):
-        return self.improved
+        return self.improved and super().passes_gate()
 
     def gate_reason(self):
+        if self.improved:   # the floor was beaten, the train-accuracy gate was not
+            return super().gate_reason()
         return (f'no epoch after the pruning interval beat goal - margin = {self.threshold:.4f} '
                 f'(best {self.best_seen})')
 
@@ -125,12 +155,28 @@ class BestAboveGoal(BestEpoch):
         self.best_seen = state.get('best_seen')
 
 
-def build_selection(args, phase, epochs, goal=None):
+def train_gate(args, phase, reference=None, must_prune=False):
+    """The stage's TrainGate or None (this module's docstring); `reference`: the task's Phase A
+    train accuracy (relative gate), `must_prune`: the must-prune rule holds the stage."""
+    gate = args.train_acc_gate
+    margin = relative_margin(gate)
+    if must_prune or (margin is not None and (phase != 'prune' or reference is None)):
+        return None
+    if margin is not None:
+        return TrainGate(reference - margin, inclusive=True,
+                         text=f'Phase A train accuracy {reference:.4f} - {margin:g}')
+    return TrainGate(gate) if args.selection == 'last' else None
+
+
+def build_selection(args, phase, epochs, goal=None, reference=None, must_prune=False):
     """The rule `--selection` names for Phase A ('finetune') or a pruning stage ('prune');
-    `goal`: the task's accuracy goal (selection 'goal' in pruning stages)."""
+    `goal`: the task's accuracy goal (selection 'goal' in pruning stages); `reference` and
+    `must_prune`: see train_gate (a stage under the must-prune rule keeps no goal floor either)."""
+    gate = train_gate(args, phase, reference, must_prune)
     if args.selection == 'last':
-        return LastEpoch(args.train_acc_gate)
+        return LastEpoch(gate)
     first = args.pruning_interval - 1 if phase == 'prune' else 0
-    if args.selection == 'goal' and phase == 'prune':
-        return BestAboveGoal(first_epoch=first, last_epoch=epochs - 1, threshold=goal - args.goal_margin)
-    return BestEpoch(first_epoch=first, last_epoch=epochs - 1)
+    if args.selection == 'goal' and phase == 'prune' and not must_prune:
+        return BestAboveGoal(first_epoch=first, last_epoch=epochs - 1, threshold=goal - args.goal_margin,
+                             gate=gate)
+    return BestEpoch(first_epoch=first, last_epoch=epochs - 1, gate=gate)
