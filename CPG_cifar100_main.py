@@ -1,6 +1,6 @@
 """CPG on CIFAR-100 super-class tasks with VGG16-BN (experiment 1). One stage per invocation.
 
-Usage (experiment1/*.sh chain these; see README "Exit codes"):
+Usage (experiment1/*.sh chain these; see docs/files.md "Exit codes"):
   python CPG_cifar100_main.py --mode finetune --dataset aquatic_mammals \
       --save_folder checkpoints/CPG/experiment1/scratch_mul_1.5/custom_vgg_cifar100/aquatic_mammals/scratch
 

@@ -1,6 +1,6 @@
 """CPG on four facial tasks with SphereNet20 ("CNN20", experiment 3). One stage per invocation.
 
-Usage (experiment3/FvGeEm_CPG_face.sh chains these; see README "Experiment 3"):
+Usage (experiment3/FvGeEm_CPG_face.sh chains these; see docs/experiment3.md):
   python CPG_face_main.py --mode finetune --dataset gender --data_root data \
       --load_folder checkpoints/CPG/experiment3/spherenet20/face_verification/gradual_prune \
       --save_folder checkpoints/CPG/experiment3/spherenet20/gender/scratch

@@ -1,6 +1,6 @@
 """CPG on ImageNet and five fine-grained tasks with ResNet-50 (experiment 2). One stage per run.
 
-Usage (experiment2/CPG_imagenet.sh chains these; see README "Experiment 2"):
+Usage (experiment2/CPG_imagenet.sh chains these; see docs/experiment2.md):
   python CPG_imagenet_main.py --mode finetune --dataset cubs_cropped --data_root data \
       --load_folder checkpoints/CPG/experiment2/resnet50/imagenet/gradual_prune \
       --save_folder checkpoints/CPG/experiment2/resnet50/cubs_cropped/scratch

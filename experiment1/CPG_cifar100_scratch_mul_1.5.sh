@@ -9,7 +9,7 @@
 #   their status, the running stage resumes from its last resume state (written every
 #   RESUME_EVERY_MINUTES). Env vars (see experiment1/common.sh) override every knob.
 # A task's process exits 0 (learned), 1 (error, one line) or 3 (goal file missing); each stage's
-# own status is in its result.json (README "Exit codes").
+# own status is in its result.json (docs/files.md "Exit codes").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source experiment1/common.sh
@@ -26,8 +26,8 @@ read -r -a PRUNING_RATIOS <<< "${PRUNING_RATIOS:-0.1 0.2 0.3 0.4 0.5 0.6 0.7 0.8
 PRUNING_INTERVAL=${PRUNING_INTERVAL:-4}     # epochs over which a stage ramps its sparsity
 PRUNING_FREQUENCY=${PRUNING_FREQUENCY:-10}  # batches between mask updates
 ALLOW_ACC_LOSS=${ALLOW_ACC_LOSS:-0.0}        # automatic picks: tolerated accuracy below the goal (GOAL_MARGIN is 0 here)
-TRAIN_ACC_GATE=${TRAIN_ACC_GATE:-0.95}       # a stage counts if train acc > it; relative:D (README "Your own task sequence")
-ORIGINAL_RULES=${ORIGINAL_RULES:-0}          # 1: the original's rules (README "Differences from the original implementation")
+TRAIN_ACC_GATE=${TRAIN_ACC_GATE:-0.95}       # a stage counts if train acc > it; relative:D (docs/own-tasks.md)
+ORIGINAL_RULES=${ORIGINAL_RULES:-0}          # 1: the original's rules (docs/differences.md)
 TOTAL_NUM_TASKS=${TOTAL_NUM_TASKS:-${#TASK_LIST[@]}}
 SETTING=${SETTING:-scratch_mul_1.5}
 METHOD=${METHOD:-CPG}                # PAE (experiment1/PAE_cifar100.sh): LEARN_PICK=0 RETRAIN=0

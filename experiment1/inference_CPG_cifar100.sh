@@ -11,7 +11,7 @@ METHOD=${METHOD:-CPG}   # PAE: its run's folder (experiment1/PAE_cifar100.sh set
 ROOT=$CHECKPOINT_ROOT/$METHOD/experiment1/$SETTING/$ARCH
 RESULTS_FILE=${RESULTS_FILE:-logs/cifar100_inference_results.json}
 LAST=${TASK_LIST[${#TASK_LIST[@]}-1]}
-# The original's released checkpoints (README "Using the original's released checkpoints"): with
+# The original's released checkpoints (docs/original-checkpoints.md): with
 # SETTING=all_max_mul_1.5 the folder holds its checkpoint-<E>.pth.tar, converted once (and again
 # when it changes) into checkpoint.pth.tar beside it; a no-op for a folder trained here.
 if compgen -G "$ROOT/$LAST/gradual_prune/checkpoint-*.pth.tar" > /dev/null; then

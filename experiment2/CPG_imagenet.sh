@@ -43,7 +43,7 @@ WIDTH_STEP=${WIDTH_STEP:-0.5}
 MAX_WIDTH=${MAX_WIDTH:-1.5}
 ALLOW_ACC_LOSS=${ALLOW_ACC_LOSS:-}            # automatic picks: tolerated accuracy below the goal (empty: GOAL_MARGIN)
 TRAIN_ACC_GATE=${TRAIN_ACC_GATE:-}            # empty: the paper (no gate); relative:D gates the pruning stages
-ORIGINAL_RULES=${ORIGINAL_RULES:-0}           # 1: the original's rules (README "Differences from the original implementation")
+ORIGINAL_RULES=${ORIGINAL_RULES:-0}           # 1: the original's rules (docs/differences.md)
 ROOT=$CHECKPOINT_ROOT/CPG/experiment2/$ARCH
 SCRIPT=experiment2/CPG_imagenet.sh
 mkdir -p logs "$ROOT"

@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 source experiment2/common.sh
 ROOT=$CHECKPOINT_ROOT/CPG/experiment2/$ARCH
 LAST=${TASK_LIST[${#TASK_LIST[@]}-1]}
-# The original's released checkpoints (README "Using the original's released checkpoints"): the
+# The original's released checkpoints (docs/original-checkpoints.md): the
 # released resnet50/ folder holds its checkpoint-<E>.pth.tar, converted once (and again
 # when it changes) into checkpoint.pth.tar beside it; a no-op for a folder trained here.
 if compgen -G "$ROOT/$LAST/gradual_prune/checkpoint-*.pth.tar" > /dev/null; then

@@ -39,7 +39,7 @@ else
   norm=$(python -c 'import sys; v = float(sys.argv[1]); assert 0 < v < 1; print(repr(round(v, 4)))' "$sparsity" 2>/dev/null) || {
     echo "TARGET_SPARSITY=$sparsity: use a pruning ratio between 0 and 1 (e.g. 0.2) or picked" >&2; exit 1; }
   # the original's released folders hold only its checkpoint-<E>.pth.tar there: convert it once
-  # (README "Using the original's released checkpoints"); a no-op for a stage trained here
+  # (docs/original-checkpoints.md); a no-op for a stage trained here
   if compgen -G "$age/gradual_prune/$norm/checkpoint-*.pth.tar" > /dev/null; then
     python tools/import_original_checkpoint.py --source "$age/gradual_prune/$norm" --if_needed
   fi

@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source experiment3/common.sh
 GPU_ID=${GPU_ID:-auto}
-# The original's released spherenet20/ folder (README "Using the original's released checkpoints")
+# The original's released spherenet20/ folder (docs/original-checkpoints.md)
 # has no chosen.json: its folds' ratios, as the original's own script evaluates them (age0..age4).
 read -r -a RELEASED_RATIO_LIST <<< "$(echo ${RELEASED_RATIOS:-0.2 0.3 0.1 0.1 0.2})"
 LOG_DIR=${LOG_DIR:-$(dirname "$RESULTS_FILE")}

@@ -281,6 +281,23 @@ def contradict_test_split(data_root, task, layout='cifar'):
     return copy
 
 
+def wait_lock_free(lock, timeout=30):
+    """Wait until nobody holds the flock on `lock` (a killed run's processes are gone: the kernel
+    drops the lock with its last holder). The test takes it for an instant; fails if it never frees."""
+    import fcntl
+    import time
+    started = time.monotonic()
+    with open(lock, 'a') as f:
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(f, fcntl.LOCK_UN)
+                return
+            except BlockingIOError:
+                assert time.monotonic() - started < timeout, f'the lock on {lock} stayed held'
+                time.sleep(0.05)
+
+
 def subprocess_env(**extra):
     """Environment for CLI / script subprocesses: one OpenMP thread, this interpreter first on
     PATH, and DEVICE (the experiment scripts' knob) set to the test device."""

@@ -4,7 +4,7 @@ batch over the step time, each headline figure is the headline batch's.
 
 Timing is the script's business, not the tests': no ratio is asserted against its target here.
 The smoke run stays on the CPU whatever CPG_TEST_DEVICE says (it checks the CPU notes); the CUDA
-benchmark is run by hand (README "Speed, size, multi-GPU").
+benchmark is run by hand (docs/speed.md).
 """
 
 import json

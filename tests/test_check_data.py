@@ -79,7 +79,7 @@ def test_layout_problems(tmp_path, capsys):
                     f'{root / "flowers" / "train"}, class_9 only in {root / "flowers" / "test"})',
                     f'wikiart: no folder {root / "wikiart" / "train"}'):
         assert problem in line, problem
-    assert 'Data preparation (experiment 2)' in line
+    assert 'docs/experiment2.md "Data"' in line
     # the train split alone (VAL_FRACTION > 0): the missing test split is no problem
     status, out = _run(capsys, '--experiment', '2', '--data_root', str(root), '--tasks',
                        'birds_cropped', '--splits', 'train')
@@ -152,7 +152,7 @@ def test_experiment3_problems(tmp_path, capsys):
     assert status == 1 and '\n' not in line and line.startswith('error: check_data: ')
     assert f'face_verification: no pairs file {tmp_path / "none.txt"}' in line
     assert 'gender: class folders differ between train (2) and test (2)' in line
-    assert 'Data preparation (experiment 3)' in line and '--pairs_file' in line
+    assert 'docs/experiment3.md "Data"' in line and '--pairs_file' in line
     few = tmp_path / 'few.txt'
     few.write_text('10 1\n' + 'person_000 1 2\n' * 3 + 'person_000 1 5\n')
     status, out = _run(capsys, '--experiment', '3', '--data_root', str(root), '--tasks',

@@ -1,6 +1,6 @@
 """Data order guarantee: after seed_loader_epoch(loader, seed, epoch) a pass over a train loader
 depends only on (seed, epoch) (and the rank), with or without loader workers, so a resumed run
-sees the batches of an uninterrupted one (README "Resuming")."""
+sees the batches of an uninterrupted one (docs/experiment1.md "Run")."""
 import importlib.util
 import json
 import os

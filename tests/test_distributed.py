@@ -478,7 +478,7 @@ def test_ranks_draw_different_augmentation():
 
 
 def test_image_loaders_give_one_process_the_ranks_global_batches(tmp_path):
-    """README: under DDP "the result matches one process". That needs the real loaders to feed one
+    """docs/speed.md: under DDP "the result matches one process". That needs the real loaders to feed one
     process (batch 16) exactly the union of the 2 ranks' batches (8 each), augmentation included.
     No process group needed: Distributed's loaders only shard."""
     import CPG_cifar100_main as cli

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from cpg_testlib import REPO, make_toy_data, run_script, subprocess_env, tail
+from cpg_testlib import REPO, make_toy_data, run_script, subprocess_env, tail, wait_lock_free
 from utils.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.slow
@@ -53,22 +53,6 @@ def _wait_for(condition, proc, what, timeout=120):
         time.sleep(0.05)
 
 
-def _wait_unlocked(root, timeout=30):
-    """Wait until the run's lock on `root` is free: a killed run's processes are gone (the kernel
-    drops an flock when its last holder ends). Fails the test if it never frees."""
-    import fcntl
-    started = time.monotonic()
-    with open(os.path.join(root, '.lock'), 'a') as f:
-        while True:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                fcntl.flock(f, fcntl.LOCK_UN)
-                return
-            except BlockingIOError:
-                assert time.monotonic() - started < timeout, f'the lock on {root} stayed held'
-                time.sleep(0.05)
-
-
 def _stages_running(root):
     """Processes whose command line names a folder under `root` (the stages of that run)."""
     found = []
@@ -100,7 +84,7 @@ def test_a_second_run_on_the_same_folder_stops_with_one_line_and_a_killed_run_le
         os.killpg(first.pid, signal.SIGKILL)   # kill -9: the kernel drops the lock with the process
         first.wait()
         first.stderr.close()
-    _wait_unlocked(root)   # the killed run's stage may take a moment to exit
+    wait_lock_free(os.path.join(root, '.lock'))   # the killed run's stage may take a moment to exit
     again = run_script(BASELINE, env, BASELINE_EPOCHS='1', timeout=300)
     assert again.returncode == 0, tail(again)
 
@@ -108,7 +92,8 @@ def test_a_second_run_on_the_same_folder_stops_with_one_line_and_a_killed_run_le
 # ----- 6. Ctrl-C and a SIGTERM to the script reach the running stage ------------------------------------
 @pytest.mark.parametrize('nproc', ['1', '2'])
 def test_ctrl_c_and_kill_of_the_script_stop_the_stage_and_a_rerun_resumes(data, tmp_path, nproc):
-    env = _env(data, tmp_path, BASELINE_EPOCHS='12', NPROC=nproc, BATCH_SIZE='16', DEVICE='cpu', TASKS='toy_task_1')
+    # 60 epochs: the run must still be training when the signal comes (an epoch here is ~0.1 s)
+    env = _env(data, tmp_path, BASELINE_EPOCHS='60', NPROC=nproc, BATCH_SIZE='16', DEVICE='cpu', TASKS='toy_task_1')
     root = tmp_path / 'checkpoints' / BASE_DIR
     resume = root / 'toy_task_1' / 'resume.pth.tar'
     for sig, to_group in ((signal.SIGINT, True), (signal.SIGTERM, False)):
@@ -185,7 +170,7 @@ def test_a_moved_run_folder_replays_its_finished_stages(data, tmp_path):
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         proc.stderr.close()
-    _wait_unlocked(root)
+    wait_lock_free(os.path.join(root, '.lock'))
     moved = tmp_path / 'moved'
     shutil.move(str(tmp_path / 'a'), str(moved))
     env = dict(env, CHECKPOINT_ROOT=str(moved / 'checkpoints'), GOALS_FILE=str(moved / 'goals.json'))

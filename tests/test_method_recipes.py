@@ -6,7 +6,7 @@ stages would build (utils/recipes.py, utils/schedules.py, utils/selection.py) on
 A recipe is: what SGD trains (shared weights, shared-layer biases, BatchNorm, head), with Nesterov
 or not, its LR and manual L2; the head's own Adam and the pick masks' Adam with their LRs; the LR
 of every group at each epoch where one changes; which epoch is kept (and its gate). The expected
-values are README "Compared methods"' table, with the source of each setting beside it.
+values are docs/methods.md' table, with the source of each setting beside it.
 """
 import json
 import os

@@ -3,7 +3,7 @@ its RESULTS_FILE (method, experiment, per-task accuracy; for the continual metho
 model reproduces every task's accuracy when learned).
 
 CI runs a representative subset (PackNet on experiment 1, Piggyback on experiment 2: the two new
-policies); the others are marked `long` (README "Tests").
+policies); the others are marked `long` (docs/tests.md).
 """
 import json
 import os

@@ -1,5 +1,5 @@
-"""ORIGINAL_RULES=1 (--original_rules): each rule of README "Differences from the original
-implementation" that can change the numbers, restored as the original ran it, one switch each
+"""ORIGINAL_RULES=1 (--original_rules): each rule of docs/differences.md ("Differences from the original
+implementation") that can change the numbers, restored as the original ran it, one switch each
 (utils/recipes.py), through the real stages of CPG_cifar100_main on in-memory tasks (TensorTasks)
 or the pruner itself. Each switch changes its rule and nothing else; earlier tasks stay bit-exact.
 (--gate_stops_must_prune: tests/test_must_prune_gate.py; --angle_lambda_restart:

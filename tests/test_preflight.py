@@ -1,5 +1,5 @@
 """tools/preflight.py: every task's folders, class counts and goals are checked before any training,
-and every problem is reported at once, in one line (README "Preflight")."""
+and every problem is reported at once, in one line (docs/experiment1.md "Run")."""
 import json
 import os
 import shutil
@@ -301,7 +301,7 @@ def test_face_cli_in_process(faces, capsys):
     lines = out.err.splitlines()
     assert status == 1 and len(lines) == 1 and lines[0].startswith('error: preflight: ')
     assert f'no pairs file {root / "none.txt"}' in lines[0]
-    assert 'README "Data preparation (experiment 3)"' in lines[0] and 'PAIRS_FILE' in lines[0]
+    assert 'docs/experiment3.md "Data"' in lines[0] and 'PAIRS_FILE' in lines[0]
 
 
 # ----- the command line -----------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Retrain must beat the pruned model (README ★ difference): the real retrain phase + the chooser.
+"""Retrain must beat the pruned model (a ★ difference, docs/differences.md): the real retrain phase + the chooser.
 
 A retrained epoch must beat both the pruned model's recorded accuracy and the fresh pick mask's
 first validation. An unbeatable recorded 1.01 makes "worse" certain; a barely trained task 2 (at

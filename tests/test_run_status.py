@@ -14,8 +14,8 @@ import time
 
 import pytest
 
-from cpg_testlib import (REPO, contradict_test_split, kill_script_when, load_tool, make_toy_data, run_main_block,
-                         run_script, subprocess_env, tail, tree_bytes)
+from cpg_testlib import (REPO, contradict_test_split, kill_script_when, load_tool, make_toy_data,
+                         run_main_block, run_script, subprocess_env, tail, tree_bytes, wait_lock_free)
 
 TOOL = os.path.join(REPO, 'tools', 'run_status.py')
 SCRIPT = os.path.join('experiment1', 'CPG_cifar100_scratch_mul_1.5.sh')
@@ -145,7 +145,7 @@ def test_exact_shares_are_the_checkpoints_counts_and_agree_with_the_logs(finishe
     _, root = finished
     logged = tool.run_status(str(root))
     exact = tool.run_status(str(root))
-    tool.exact_shares(exact['root'], exact['tasks'])
+    load_tool('status_picture').exact_shares(exact['root'], exact['tasks'])
     for by_log, by_ckpt in zip(logged['tasks'], exact['tasks']):
         assert by_ckpt['shares']['from'] == 'checkpoint'
         for key in ('owned', 'picked', 'earlier', 'free'):
@@ -221,24 +221,8 @@ def killed(data, tmp_path_factory):
     log = root / 'toy_task_2' / 'scratch' / 'log.jsonl'
     kill_script_when(SCRIPT, env, lambda: log.is_file() and len(log.read_text().splitlines()) >= 3, 0.0,
                      'task 2, Phase A, epoch 3')
-    _wait_unlocked(root / '.lock')
+    wait_lock_free(root / '.lock')
     return env, root, len(log.read_text().splitlines())
-
-
-def _wait_unlocked(lock, timeout=30):
-    """Until the killed run's processes are gone: the kernel drops the flock with its last holder
-    (the test may take it for a moment; the tool never does)."""
-    import fcntl
-    started = time.monotonic()
-    with open(lock, 'a') as f:
-        while True:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                fcntl.flock(f, fcntl.LOCK_UN)
-                return
-            except BlockingIOError:
-                assert time.monotonic() - started < timeout, f'the lock on {lock} stayed held'
-                time.sleep(0.05)
 
 
 @pytest.mark.slow

@@ -78,7 +78,7 @@ def test_a_rerun_with_other_settings_names_what_changed_per_task(data, tmp_path)
     for task, line in zip(TASKS[:2], warnings):
         assert line.startswith(f'warning: {task} was learned with other settings (')
         assert '--lr 1e-2 -> 5e-3' in line and f'--data_root {data} -> {other_data}' in line
-        assert f'To learn it again with these, delete {root / task}/DONE and the DONE of every later task' in line
+        assert f'To learn it again with these, delete its folder {root / task} and those of the tasks after it' in line
     assert 'Phase A' not in changed.stdout   # nothing was trained again
 
 

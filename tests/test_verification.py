@@ -166,7 +166,7 @@ def test_missing_pairs_file(tmp_path):
     with pytest.raises(CPGError) as info:
         read_pairs(str(tmp_path / 'none.txt'), str(tmp_path))
     assert f'no pairs file {tmp_path / "none.txt"}' in str(info.value)
-    assert '--pairs_file' in str(info.value) and 'Data preparation (experiment 3)' in str(info.value)
+    assert '--pairs_file' in str(info.value) and 'docs/experiment3.md' in str(info.value)
 
 
 # ----- the evaluator ------------------------------------------------------------------------------

@@ -47,9 +47,9 @@ from utils.verification import pairs_problems  # noqa: E402
 
 SPLITS = ('train', 'test')
 NAMED_BAD_FILES = 20  # unreadable files named in the error line
-HINTS = {1: 'see README "Data preparation (experiment 1)" (tools/cifar100_to_png.py)',
-         2: 'see README "Data preparation (experiment 2)"',
-         3: 'see README "Data preparation (experiment 3)" (--pairs_file: the LFW pairs list)'}
+HINTS = {1: 'see docs/experiment1.md "Data" (tools/cifar100_to_png.py)',
+         2: 'see docs/experiment2.md "Data"',
+         3: 'see docs/experiment3.md "Data" (--pairs_file: the LFW pairs list)'}
 DEFAULT_TASKS = {1: CIFAR100_TASKS, 2: EXPERIMENT2_TASKS, 3: FACE_TASKS}
 
 

@@ -13,7 +13,7 @@ kinds come from the file itself (utils/original_format.py); every key and shape 
 and a file that does not fit gets one `error:` line naming the file, the key and what was expected.
 Each task computes exactly what it computed in the original: the same effective weights
 W * ([M == j] + [1 <= M < j] * [P_j > 5e-3]) and its own BN / biases / PReLU / head.
-The inference scripts call it with --if_needed (README "Using the original's released checkpoints").
+The inference scripts call it with --if_needed (docs/original-checkpoints.md).
 """
 import os
 import sys

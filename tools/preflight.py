@@ -35,11 +35,11 @@ from utils.records import check_fraction, goal_problems_of, read_goals  # noqa: 
 from utils.verification import pairs_problems  # noqa: E402
 
 DATA_HINT = ('set DATA_ROOT, TASKS and NUM_CLASSES to match the data, or prepare it '
-             '(tools/cifar100_to_png.py, README "Data preparation")')
-FINEGRAINED_DATA_HINT = ('set DATA_ROOT and TASKS to match the data, or prepare it (README "Data '
-                         'preparation (experiment 2)"; tools/check_data.py --experiment 2)')
-FACE_DATA_HINT = ('set DATA_ROOT, TASKS and PAIRS_FILE to match the data, or prepare it (README '
-                  '"Data preparation (experiment 3)"; tools/check_data.py --experiment 3)')
+             '(tools/cifar100_to_png.py, docs/experiment1.md "Data")')
+FINEGRAINED_DATA_HINT = ('set DATA_ROOT and TASKS to match the data, or prepare it (docs/experiment2.md '
+                         '"Data"; tools/check_data.py --experiment 2)')
+FACE_DATA_HINT = ('set DATA_ROOT, TASKS and PAIRS_FILE to match the data, or prepare it (docs/experiment3.md '
+                  '"Data"; tools/check_data.py --experiment 3)')
 LAYOUTS = ('cifar', 'finegrained', 'face')
 TASK_FIRST = ('finegrained', 'face')  # layouts <data_root>/<task>/<split>/
 GOAL_HINT = ('write the missing goals with experiment1/baseline_cifar100.sh '

@@ -59,6 +59,7 @@ lock_holders() {
 # may hold DIR together; an exclusive holder excludes them all.
 lock_run() {
   local dir=$1 mode=${2:-exclusive} fd holders pid lock=$1/${3:-.lock}
+  if [ "${NODE_RANK:-0}" != 0 ]; then return 0; fi   # a run across machines: node 0 holds the root
   mkdir -p "$dir"
   exec {fd}>> "$lock"
   local how; how=$([ "$mode" = shared ] && echo -s || echo -x)
@@ -238,7 +239,7 @@ learn_task() {
     fi
     load=(--load_folder "$prev/gradual_prune")
   fi
-  echo "=== task $n/${#TASK_LIST[@]}: $task"
+  echo "=== task $n/${#TASK_LIST[@]}: $task (log $dir/train.log)"
   run_stage "$dir" --mode task --dataset "$task" --task_folder "$dir" --log_path "$dir/train.log" \
     ${load[@]+"${load[@]}"} --pick "$pick" "${task_args[@]}"
   [ "$stage_status" -eq 0 ] || fail "task $task" "$stage_status" "$dir/train.log"
@@ -262,15 +263,17 @@ run_sequence() {
         common_flags
         changed=$(changed_settings "$dir/DONE" "${common_args[@]}" "${task_args[@]}")
         if [ -n "$changed" ]; then
-          echo "warning: $task was learned with other settings ($changed); its model is kept. To learn it again with these, delete $dir/DONE and the DONE of every later task, then rerun"
+          echo "warning: $task was learned with other settings ($changed); its model is kept. To learn it again with these, delete its folder $dir and those of the tasks after it, then rerun"
         fi
         drop_stage_copies "$dir"
         continue
       fi
       learn_task "$n" "$pick"
-      common_flags
-      settings "${common_args[@]}" "${task_args[@]}" > "$dir/DONE.$$.tmp" && mv -f "$dir/DONE.$$.tmp" "$dir/DONE"
-      drop_stage_copies "$dir"
+      if [ "${NODE_RANK:-0}" = 0 ]; then   # across machines, node 0 writes (as rank 0 does)
+        common_flags
+        settings "${common_args[@]}" "${task_args[@]}" > "$dir/DONE.$$.tmp" && mv -f "$dir/DONE.$$.tmp" "$dir/DONE"
+        drop_stage_copies "$dir"
+      fi
     done
     echo "all $num_tasks tasks learned; final model: $ROOT/${TASK_LIST[$num_tasks-1]}/gradual_prune/checkpoint.pth.tar"
     return 0
@@ -300,7 +303,7 @@ method_inference() {
     --results_file "$RESULTS_FILE" --log_path "$(dirname "$RESULTS_FILE")/${METHOD}_inference.log"
 }
 
-# ----- the compared methods (README "Compared methods"): configurations of the same task process --
+# ----- the compared methods (docs/methods.md): configurations of the same task process --
 # No goal file (every result is accepted), no growth (the width stays START_WIDTH), no must-prune
 # rule, and the task's model is its last stage (--pick last).
 method_flags=(--baseline_acc_file "" --network_width_multiplier "${START_WIDTH:-1.0}" --width_step 0

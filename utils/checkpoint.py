@@ -15,7 +15,7 @@ import torch
 
 from models import build_model_with_tasks
 
-from .atomic import DiskFull, atomic_write, atomic_write_json, is_disk_full  # noqa: F401 (one import place)
+from .atomic import DiskFull, _fsync_dir, atomic_write, atomic_write_json, is_disk_full  # noqa: F401
 from .compact import compact_state_dict, expand_compact_state, frozen_state_dict, owner_bits  # noqa: F401
 
 from .errors import CPGError
@@ -95,17 +95,23 @@ def load_checkpoint(path, map_location='cpu', hint='run the stage that writes it
 
 
 def model_from_checkpoint(ckpt, device='cpu'):
-    """Rebuild the multi-task model and load its weights, masks, norms and heads."""
-    model = build_model_with_tasks(ckpt['arch'], ckpt['base_width'], ckpt['tasks'],
-                                   **ckpt.get('model_kwargs', {}))
+    """Rebuild the multi-task model and load its weights, masks, norms and heads.
+
+    The model is built on the meta device and takes the checkpoint's tensors as they are
+    (assign): no random init that the load would overwrite (1.7 s for VGG16-BN at width 1.5 on a
+    CPU), no second copy; then it moves to `device`."""
+    with torch.device('meta'):
+        model = build_model_with_tasks(ckpt['arch'], ckpt['base_width'], ckpt['tasks'],
+                                       **ckpt.get('model_kwargs', {}))
     for task, saved in zip(model.tasks, ckpt['tasks']):
         task.update(saved)
-    model.to(device)
     try:
-        model.load_state_dict(expand_compact_state(ckpt, model))  # exported files pack owner ids
+        # exported files pack owner ids: unpacked on the CPU, where the state is
+        model.load_state_dict(expand_compact_state(ckpt, model, device='cpu'), assign=True)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0]
         raise CPGError(f'checkpoint does not match its architecture {ckpt["arch"]!r}: {first}') from None
+    model.to(device)
     freeze_float_picks(model)
     return model
 
@@ -123,8 +129,11 @@ def freeze_float_picks(model):
 def copy_checkpoint(src, dst):
     """Promote a checkpoint (and its sidecar) atomically; a no-op when dst already is src's copy.
 
-    The sidecar goes last: until it is written, dst's sidecar still names the old file's id,
-    so an interrupted promotion is simply done again.
+    The checkpoint is hard-linked where the file system allows it (a second name for the same
+    bytes: nothing is written, and dropping the stage's copy later keeps it), else copied. Files
+    are only ever replaced, never written in place, so the two names cannot diverge. The sidecar
+    goes last: until it is written, dst's sidecar still names the old file's id, so an
+    interrupted promotion is simply done again.
     """
     os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
     src_meta, dst_meta = read_sidecar(src), read_sidecar(dst)
@@ -133,9 +142,24 @@ def copy_checkpoint(src, dst):
         return False
     for suffix in ('', '.json'):
         if os.path.exists(src + suffix):
+            if suffix == '' and _link_into_place(src, dst):
+                continue
             with open(src + suffix, 'rb') as source:
                 atomic_write(dst + suffix, lambda f: shutil.copyfileobj(source, f, 16 << 20),
                              size_hint=os.path.getsize(src + suffix))
+    return True
+
+
+def _link_into_place(src, dst):
+    """dst becomes a hard link to src, atomically (link under a temporary name, then rename);
+    False where the file system has no hard links (the caller copies)."""
+    tmp = f'{dst}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp'
+    try:
+        os.link(src, tmp)
+    except OSError:
+        return False
+    os.replace(tmp, dst)
+    _fsync_dir(dst)
     return True
 
 

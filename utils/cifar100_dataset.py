@@ -38,7 +38,7 @@ def _task_dir(data_root, split, task):
         raise CPGError(f'unknown split {split!r}; use one of {", ".join(SPLITS)}')
     if not os.path.isdir(data_root):
         raise CPGError(f'data folder not found: {data_root}; prepare it with '
-                       'tools/cifar100_to_png.py or tools/make_toy_data.py (see README)')
+                       'tools/cifar100_to_png.py or tools/make_toy_data.py (see docs/experiment1.md)')
     split_dir = os.path.join(data_root, split)
     task_dir = os.path.join(split_dir, task)
     if not os.path.isdir(task_dir):
@@ -160,7 +160,7 @@ class CifarTasks(FolderTasks):
     normalisation whatever the fraction). The interface: utils/folder_tasks.py.
     """
 
-    data_hint = 'prepare it with tools/cifar100_to_png.py (README "Data preparation (experiment 1)")'
+    data_hint = 'prepare it with tools/cifar100_to_png.py (docs/experiment1.md "Data")'
 
     def __init__(self, args, device, dist=None):
         super().__init__(args, device, dist)

@@ -84,7 +84,7 @@ def compact_state_dict(model):
             for key, value in frozen_state_dict(model).items()}
 
 
-def expand_compact_state(ckpt, model):
+def expand_compact_state(ckpt, model, device=None):
     """ckpt['model'] as a normal state dict for `model`: packed owner ids become owner tensors of
     the model's owner dtype, created on the model's device (meta included). A checkpoint without
     packed owners is returned as it is."""
@@ -105,7 +105,7 @@ def expand_compact_state(ckpt, model):
             continue
         owner = layers[name].owner
         try:
-            expanded[f'{name}.owner'] = unpack_owner_ids(value.to(owner.device), weight.shape, bits,
+            expanded[f'{name}.owner'] = unpack_owner_ids(value.to(device or owner.device), weight.shape, bits,
                                                          owner.dtype)
         except ValueError as exc:
             raise CPGError(f'checkpoint entry {key} is damaged ({exc}); export it again') from None

@@ -22,7 +22,7 @@ import torch
 from .checkpoint import (CHECKPOINT_NAME, RESUME_NAME, atomic_write_json, frozen_state_dict, load_checkpoint,
                          model_from_checkpoint, read_sidecar, save_checkpoint)
 from .data import seed_loader_epoch
-from .logger import append_jsonl
+from .logger import FILE_ONLY, append_jsonl
 from .manager import Manager, set_lr
 from models.angle import angle_lambda
 
@@ -30,7 +30,7 @@ from .objectives import objective_for
 from .recipes import head_lr, recipe_signature, train_bn
 from .stats import ownership_stats
 
-# Exit statuses understood by the experiment scripts (spec §3.7; README "Exit codes").
+# Exit statuses understood by the experiment scripts (spec §3.7; docs/files.md "Exit codes").
 EXIT_OK, EXIT_ERROR, EXIT_WIDEN, EXIT_NO_GOAL, EXIT_NO_CAPACITY, EXIT_STOP_PRUNING = 0, 1, 2, 3, 5, 6
 PROTOCOL_STATUSES = (EXIT_WIDEN, EXIT_NO_GOAL, EXIT_NO_CAPACITY, EXIT_STOP_PRUNING)  # not errors
 
@@ -128,7 +128,7 @@ class PhaseContext:
         path = os.path.join(self.args.save_folder, name)
         if self.is_main:
             nbytes = save_checkpoint(path, model, self.args.arch, frozen=True, **extra)
-            self.logger.info('saved %s (%.1f MB)', path, nbytes / 2 ** 20)
+            self.logger.info('saved %s (%.1f MB)', path, nbytes / 2 ** 20, extra=FILE_ONLY)
         if self.dist is not None:
             self.dist.barrier()
         if self.models is not None:
@@ -243,12 +243,12 @@ class PhaseContext:
     def log_epoch(self, model, task, phase, epoch, train, val, lrs):
         stats = ownership_stats(model, task)
         std = f' ± {100 * val["accuracy_std"]:.2f}' if 'accuracy_std' in val else ''  # LFW folds
-        self.logger.info('%s task %d epoch %d | train loss %.4f acc %.2f%% | val loss %.4f acc %.2f%%%s '
-                         '| lr %g mask %g | sparsity %.4f owned %.4f free %.4f picked %.4f | width %s',
-                         phase, task, epoch, train['loss'], 100 * train['accuracy'], val['loss'],
-                         100 * val['accuracy'], std, lrs['lr'], lrs['lr_mask'], stats['sparsity'],
-                         stats['owned_fraction'], stats['free_fraction'], stats['picked_fraction'],
-                         model.multiplier)
+        # one short line per epoch (everything else of the epoch is in log.jsonl)
+        self.logger.info('%s task %d epoch %d | train %.4f %.2f%% | val %.4f %.2f%%%s | lr %g mask %g '
+                         '| owned %.4f free %.4f picked %.4f', phase, task, epoch, train['loss'],
+                         100 * train['accuracy'], val['loss'], 100 * val['accuracy'], std, lrs['lr'],
+                         lrs['lr_mask'], stats['owned_fraction'], stats['free_fraction'],
+                         stats['picked_fraction'])
         if self.is_main:
             append_jsonl(os.path.join(self.args.save_folder, 'log.jsonl'),
                          {'phase': phase, 'run': self.run_id, 'task': task, 'epoch': epoch, 'time': time.time(),

@@ -55,7 +55,7 @@ def get_args_parser(prog, description, defaults, add_flags=None):
                         help='first task only: torchvision-format state dict of the backbone (and of the '
                              'head when the task has 1000 classes); nothing is downloaded')
     # Data
-    parser.add_argument('--data_root', help='dataset root (layout: README "Data preparation")')
+    parser.add_argument('--data_root', help='dataset root (layout: docs/experiment1.md "Data")')
     parser.add_argument('--batch_size', type=int, default=32, help='training batch size (global)')
     parser.add_argument('--val_batch_size', type=int, default=100, help='evaluation batch size')
     parser.add_argument('--workers', type=int, default=None, help='data loader workers (default: by core count)')

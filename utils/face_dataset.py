@@ -36,7 +36,7 @@ DEFAULT_IMAGE_SIZE = 112
 FACE_MEAN = (0.5, 0.5, 0.5)
 FACE_STD = (0.5, 0.5, 0.5)
 
-DATA_HINT = ('prepare it as README "Data preparation (experiment 3)" describes, and check it '
+DATA_HINT = ('prepare it as docs/experiment3.md "Data" describes, and check it '
              'with tools/check_data.py --experiment 3')
 
 

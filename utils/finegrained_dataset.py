@@ -45,7 +45,7 @@ CROP_SCALE = (0.08, 1.0)
 CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)
 CUTOUT_AT_224 = 16
 
-DATA_HINT = ('prepare it as README "Data preparation (experiment 2)" describes, and check it '
+DATA_HINT = ('prepare it as docs/experiment2.md "Data" describes, and check it '
              'with tools/check_data.py --experiment 2')
 
 

@@ -61,7 +61,7 @@ class FolderTasks:
     """
 
     decode_per_sample = False  # True: default_workers for datasets decoded from files
-    data_hint = 'see README "Data preparation"'
+    data_hint = 'see docs/experiment1.md "Data"'
 
     def __init__(self, args, device, dist=None):
         self.args, self.device, self.dist = args, device, dist

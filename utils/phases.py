@@ -19,6 +19,7 @@ from .checkpoint import checkpoint_info
 from .context import (EXIT_NO_CAPACITY, EXIT_OK, EXIT_STOP_PRUNING, EXIT_WIDEN, file_identity,
                       run_epochs, set_task_record)
 from .errors import CPGError
+from .logger import FILE_ONLY
 from .grower import assign_free_capacity, owns_any, width_for_new_task
 from .picker import build_pick_optimizer, reset_picks
 from .pruner import GradualPruner
@@ -108,7 +109,7 @@ def run_finetune(ctx):
                            f'(it holds {len(initial["tasks"])} at {initial["network_width_multiplier"]})')
     if a.pretrained and not os.path.isfile(a.pretrained):
         raise CPGError(f'pretrained weights not found: {a.pretrained}; place the pretrained file there '
-                       f'(README "Pretrained weights") or unset PRETRAINED_PATH')
+                       f'(docs/experiment2.md "Data") or unset PRETRAINED_PATH')
     width = width_for_new_task(a.network_width_multiplier, current,
                                a.max_allowed_network_width_multiplier)
     signature = ctx.signature('finetune', source, width=width, goal=goal,
@@ -332,7 +333,7 @@ def run_prune(ctx):
     def on_fresh():
         before = manager.validate()
         ctx.logger.info('prune stage %s -> %s: task %d before pruning val acc %.4f',
-                        a.initial_sparsity, a.target_sparsity, task, before['accuracy'])
+                        a.initial_sparsity, a.target_sparsity, task, before['accuracy'], extra=FILE_ONLY)
         if a.pruning_interval == 0:  # one-shot (PackNet): prune to the target, then retrain
             pruner.finalize()
             ctx.logger.info('one-shot pruning to %s before retraining', a.target_sparsity)

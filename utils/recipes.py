@@ -1,6 +1,6 @@
 """Recipes: what a stage trains and with which optimizer, per method; the original's rules.
 
-Each compared method runs the settings of its own published code (README "Compared methods"):
+Each compared method runs the settings of its own published code (docs/methods.md):
 
   --no-train_bn        the task's BatchNorm stays in eval mode: its running statistics and affine
                        parameters keep the values it started with (piggyback and PackNet's
@@ -10,7 +10,7 @@ Each compared method runs the settings of its own published code (README "Compar
   --lr_classifier LR   the head trains with its own Adam at LR, decayed as the weights' LR
                        (piggyback's --lr_classifier with Adam, run_piggyback_training.sh)
 
-The original's rules that the README's "Differences" corrects (ORIGINAL_RULES=1 of every CPG/PAE
+The original's rules that docs/differences.md corrects (ORIGINAL_RULES=1 of every CPG/PAE
 script passes --original_rules, which sets each of these):
 
   --retrain_baseline fresh        the retrain is kept when it beats the fresh pick mask's first
@@ -87,7 +87,7 @@ def add_recipe_flags(parser):
     parser.add_argument('--lr_classifier', type=float, default=None,
                         help='train the head with its own Adam at this LR, decayed as the weights\' LR '
                              '(piggyback); default: the head is in the weights\' SGD')
-    # The original's rules (README "Differences from the original implementation")
+    # The original's rules (docs/differences.md)
     parser.add_argument('--retrain_baseline', choices=['pruned', 'fresh'], default='pruned',
                         help='the retrain replaces the pruned model only if it beats this: the pruned '
                              'model\'s accuracy, or (fresh, the original) the fresh pick mask\'s first validation')

@@ -116,7 +116,7 @@ class TaskRunner:
         what = {'prune': f'pruning {args.initial_sparsity} -> {args.target_sparsity}',
                 'finetune': 'retrain of the pick mask' if args.finetune_again else
                             f'Phase A at width {args.network_width_multiplier}'}[mode]
-        self.logger.info('=== %s: %s (log %s)', args.dataset, what, self.log_path)
+        self.logger.info('=== %s: %s', args.dataset, what)
         return run(PhaseContext(args, self.data, self.logger, self.device, self.dist, models=self.models))
 
     def phase_a(self):
@@ -134,7 +134,7 @@ class TaskRunner:
                                 pruning_ratio_to_acc_record_file=self.record_file)
             if status != EXIT_WIDEN:
                 return status
-            width = round(width + a.width_step, 6)
+            width = round(min(width + a.width_step, a.max_allowed_network_width_multiplier), 6)
             self.logger.info('=== %s: goal missed, growing the network to width multiplier %s', a.dataset, width)
 
     def stored_width(self):

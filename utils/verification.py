@@ -21,8 +21,8 @@ from .finegrained_dataset import open_rgb
 LFW_FOLDS = 10
 THRESHOLDS = np.arange(0, 4, 0.01)  # the original's grid; d never exceeds 2, kept for fidelity
 PAIRS_HINT = ('the pairs file lists one pair per line after a header line: "name i j" (same '
-              'person) or "name1 i name2 j" (different people); see README "Data preparation '
-              '(experiment 3)"')
+              'person) or "name1 i name2 j" (different people); see docs/experiment3.md '
+              '"Data"')
 
 
 # ----- the pairs file -----------------------------------------------------------------------------
@@ -48,7 +48,7 @@ def read_pairs(pairs_file, lfw_root):
     """
     if not os.path.isfile(pairs_file):
         raise CPGError(f'no pairs file {pairs_file}; set --pairs_file (PAIRS_FILE) to the LFW '
-                       'pairs list (lfw_pairs.txt, README "Data preparation (experiment 3)")')
+                       'pairs list (lfw_pairs.txt, docs/experiment3.md "Data")')
     with open(pairs_file, encoding='utf-8', errors='replace') as f:
         lines = f.read().splitlines()
     pairs, skipped, exists = [], 0, {}
