@@ -380,7 +380,10 @@ def test_real_file_of_the_original_gives_its_own_logits(tmp_path):
         for j, name in enumerate(ckpt['dataset_history'], 1):
             model.set_task(j)
             got = model(x)
-            assert torch.equal(got, torch.tensor(expected['tasks'][name]['logits'])), name
+            # the original's code wrote these on another torch build: kernels may order their sums
+            # differently there, so to float rounding (a wrong key or mask is off by whole units)
+            torch.testing.assert_close(got, torch.tensor(expected['tasks'][name]['logits']), rtol=1e-5, atol=1e-5,
+                                       msg=name)
             # and the spec's formula on the file's own tensors says the same (base width 1 here)
             assert torch.equal(got, reference(ckpt, 'vgg', j, x, bw=1.0)), name
 

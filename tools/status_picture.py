@@ -4,11 +4,11 @@ this module only for those two flags."""
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # tools/
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from run_status import PICKED, read_json  # noqa: E402
 from utils.errors import CPGError  # noqa: E402
+
+PICKED = os.path.join('gradual_prune', 'checkpoint.pth.tar')   # a task's picked model
 
 
 def exact_shares(root, tasks):
@@ -17,11 +17,11 @@ def exact_shares(root, tasks):
     width): entries later tasks own there were free when it ended (ownership_stats counts the
     whole, newest network instead)."""
     import torch
-    from utils.checkpoint import load_checkpoint, model_from_checkpoint
+    from utils.checkpoint import load_checkpoint, model_from_checkpoint, read_sidecar
     todo = {t['name']: t for t in tasks if t['state'] == 'done'}
     for holder in reversed(tasks):
         path = os.path.join(root, holder['name'], PICKED)
-        names = [e.get('name') for e in (read_json(path + '.json') or {}).get('tasks', [])]
+        names = [e.get('name') for e in (read_sidecar(path) or {}).get('tasks', [])]
         if not set(names) & set(todo):
             continue
         model = model_from_checkpoint(load_checkpoint(path))
