@@ -88,7 +88,8 @@ def test_a_rerun_with_other_settings_names_what_changed_per_task(data, tmp_path)
 ])
 def test_gpu_switches_keep_earlier_tasks_exact(data, tmp_path, switches):
     """Task 1 learned plainly, tasks 2 and 3 with the switches: task 1's logits from the final model
-    equal those from its own model (bf16 autocast and compile run on the CPU too)."""
+    equal those from its own model (bf16 autocast and compile run on the CPU too). Compile on the
+    CPU costs minutes a task: there task 2 alone runs with it."""
     if DEVICE == 'cpu' and switches.get('AMP') == 'fp16':
         pytest.skip('fp16 autocast is for CUDA')
     env = _env(data, tmp_path, tasks=TASKS[:1], DEVICE=DEVICE)
@@ -96,15 +97,17 @@ def test_gpu_switches_keep_earlier_tasks_exact(data, tmp_path, switches):
     assert proc.returncode == 0, tail(proc)
     root = tmp_path / 'checkpoints' / ARCH_DIR
     first = model_from_checkpoint(load_checkpoint(str(root / TASKS[0] / 'gradual_prune')), DEVICE)
-    proc = run_script(SCRIPT, dict(env, TASKS=' '.join(TASKS), **switches), timeout=1500)
+    tasks = TASKS[:2] if 'COMPILE' in switches and DEVICE == 'cpu' else TASKS
+    proc = run_script(SCRIPT, dict(env, TASKS=' '.join(tasks), **switches), timeout=1500)
     assert proc.returncode == 0, tail(proc)
     log = (root / TASKS[1] / 'train.log').read_text()
     for key, flag in (('AMP', '"amp": "bf16"'), ('CHANNELS_LAST', '"channels_last": true'), ('COMPILE', '"compile": true')):
         if key in switches:
             assert flag in log, flag
     second = model_from_checkpoint(load_checkpoint(str(root / TASKS[1] / 'gradual_prune')), DEVICE)
-    final = model_from_checkpoint(load_checkpoint(str(root / TASKS[-1] / 'gradual_prune')), DEVICE)
+    final = model_from_checkpoint(load_checkpoint(str(root / tasks[-1] / 'gradual_prune')), DEVICE)
     x = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(3)).to(DEVICE)
-    # task 1 through tasks 2 and 3, task 2 (learned with the switches) through task 3
+    # task 1 through the later tasks, task 2 (learned with the switches) through task 3
     assert torch.equal(task_logits(first, x, [1])[1], task_logits(final, x, [1])[1])
-    assert torch.equal(task_logits(second, x, [2])[2], task_logits(final, x, [2])[2])
+    if len(tasks) > 2:
+        assert torch.equal(task_logits(second, x, [2])[2], task_logits(final, x, [2])[2])
