@@ -1,4 +1,5 @@
 """Gradient gating, picking and releasing (spec §2.3, §2.7, §3.2): who may change what."""
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -143,6 +144,41 @@ def test_gated_backward_matches_reference_formula():
             eval_out = layer(x)
         assert torch.equal(train_out, eval_out)
         assert torch.equal(layer.effective_weight(2), weight * picked)
+
+
+@pytest.mark.parametrize('weight_format', [torch.contiguous_format, torch.channels_last])
+def test_the_gate_holds_for_a_gradient_laid_out_unlike_the_weight(weight_format):
+    """CHANNELS_LAST=1 can hand backward a gradient whose layout differs from the weight's (the
+    weight is copied then): dW is still exactly 0 on every entry the task does not own, even where
+    the gradient is NaN, and g + wd W on its own entries."""
+    gen = torch.Generator().manual_seed(4)
+    layer = MaskedConv2d(3, 6, 3, padding=1).to(DEVICE)
+    layer.add_task(1, 6, 3)
+    layer.add_task(2, 6, 3)
+    with torch.no_grad():
+        layer.owner.copy_(to_device(torch.randint(0, 3, layer.owner.shape, generator=gen).to(torch.uint8)))
+        layer.weight.mul_((layer.owner != 0).float())   # free entries hold zeros
+    layer.weight.data = layer.weight.data.contiguous(memory_format=weight_format)
+    wd = 0.01
+    layer.begin_phase(2, learn_pick=True, fixed_pick=False, weight_decay=wd)
+    layer.active_task = 2
+    layer.train()
+    seen, op = {}, layer._op
+
+    def spy(x, w_eff, bias):   # the effective weight the gated forward hands the convolution
+        seen['w_eff'] = w_eff
+        return op(x, w_eff, bias)
+    layer._op = spy
+    layer(to_device(torch.randn(2, 3, 5, 5, generator=gen)))
+    other = torch.channels_last if weight_format == torch.contiguous_format else torch.contiguous_format
+    g = to_device(torch.randn(layer.weight.shape, generator=gen)).contiguous(memory_format=other)
+    own = layer.owner == 2
+    g[~own & (layer.owner == 1)] = float('nan')   # a diverging step's gradient on earlier tasks' entries
+    assert g.stride() != layer.weight.stride()
+    (dw,) = torch.autograd.grad(seen['w_eff'], layer.weight, g)
+    weight = layer.weight.detach()
+    assert torch.equal(dw[~own], torch.zeros_like(dw[~own]))
+    torch.testing.assert_close(dw[own], (g + wd * weight)[own])
 
 
 def test_gated_forward_equals_effective_weight_in_every_phase():
