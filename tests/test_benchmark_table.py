@@ -261,3 +261,19 @@ def test_png_without_matplotlib(tmp_path, capsys, monkeypatch):
     rc, out, err = run([cpg, '--png', tmp_path / 'x.png'], capsys)
     assert rc == 1 and out == ''
     assert len(err.splitlines()) == 1 and 'pip install matplotlib' in err
+
+
+def test_png_replaces_an_old_picture_and_an_unwritable_path_is_one_line(tmp_path, capsys):
+    """The picture replaces an old one and leaves no temporary file beside it; a path whose folder
+    is a file stops with one line naming it."""
+    cpg = results_file(tmp_path, 'cpg', 'CPG', 1, {'t1': 0.5}, 1.0)
+    png = tmp_path / 'x.png'
+    png.write_bytes(b'old picture')
+    rc, out, err = run([cpg, '--png', png], capsys)
+    assert rc == 0, err
+    assert png.read_bytes()[:8] == PNG_SIGNATURE
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith('x.png')) == ['x.png']
+    blocked = os.path.join(cpg, 'x.png')   # its folder is the results file
+    rc, out, err = run([cpg, '--png', blocked], capsys)
+    assert rc == 1   # the table is printed before the picture
+    assert len(err.strip().splitlines()) == 1 and f'cannot write {blocked}' in err, err

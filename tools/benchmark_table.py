@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from utils.atomic import save_figure  # noqa: E402
 from utils.cifar100_config import CIFAR100_TASKS  # noqa: E402
 from utils.cli import ArgumentParser, run_tool  # noqa: E402
 from utils.errors import CPGError  # noqa: E402
@@ -375,10 +376,7 @@ def write_png(tables, path, plt):
     for ax, (kind, exp, rows, data) in zip(axes[:, 0], panels):
         (_accuracy_panel if kind == 'accuracy' else _ownership_panel)(ax, exp, rows, data)
     try:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        fig.savefig(path, dpi=120)
-    except OSError as exc:
-        raise CPGError(f'cannot write {path}: {exc.strerror or exc}') from None
+        save_figure(fig, path, dpi=120)
     finally:
         plt.close(fig)
 

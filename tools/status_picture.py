@@ -6,6 +6,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from utils.atomic import save_figure  # noqa: E402
 from utils.errors import CPGError  # noqa: E402
 
 PICKED = os.path.join('gradual_prune', 'checkpoint.pth.tar')   # a task's picked model
@@ -121,9 +122,6 @@ def draw_png(status, path):
                          rotation_mode='anchor', fontsize=8)
     ax_a.set_xlabel('task (learning order)')
     try:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        fig.savefig(path, dpi=110)
-    except OSError as exc:
-        raise CPGError(f'cannot write {path}: {exc.strerror or exc}') from None
+        save_figure(fig, path, dpi=110)
     finally:
         plt.close(fig)

@@ -101,3 +101,14 @@ def atomic_write(path, write, size_hint=None):
 
 def atomic_write_json(path, obj):
     atomic_write(path, lambda f: f.write((json.dumps(obj, indent=2) + '\n').encode()))
+
+
+def save_figure(fig, path, dpi):
+    """A matplotlib figure to `path` (format from its extension), atomically; an unwritable path is
+    one line (CPGError). The caller closes the figure."""
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        fmt = os.path.splitext(path)[1][1:].lower() or 'png'
+        atomic_write(path, lambda f: fig.savefig(f, format=fmt, dpi=dpi))
+    except OSError as exc:
+        raise CPGError(f'cannot write {path}: {exc.strerror or exc}') from None
