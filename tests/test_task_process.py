@@ -11,6 +11,7 @@ import torch
 import CPG_cifar100_main as cli
 import utils.checkpoint as checkpoint_module
 import utils.context as context_module
+import utils.sequence as cli_sequence
 from cpg_testlib import DEVICE, ON_CUDA, TINY, TensorTasks, stage_args, task_logits, tiny_model, to_device
 from utils.checkpoint import load_checkpoint, model_from_checkpoint
 from utils.grower import assign_free_capacity
@@ -150,3 +151,20 @@ def test_a_mask_update_on_the_gpu_waits_for_nothing():
         pruner.apply(0.5)
     finally:
         torch.cuda.set_sync_debug_mode('default')
+
+
+def test_width_step_0_accepts_phase_a_at_its_width_instead_of_retrying_it(tmp_path, spies, monkeypatch):
+    """WIDTH_STEP=0 ("never wider") below the maximum width: a Phase A that would widen (here a
+    train-accuracy gate of 1.0 that no epoch passes) is accepted at the start width, under the
+    must-prune rule, once; it is not retried at the same width."""
+    calls = []
+    run_finetune = cli_sequence.run_finetune
+    monkeypatch.setattr(cli_sequence, 'run_finetune', lambda ctx: calls.append(1) or run_finetune(ctx)
+                        if len(calls) < 3 else pytest.fail('Phase A retried at the same width'))
+    args = _task(tmp_path, 'toy_task_1', ratios=(), width_step=0.0, network_width_multiplier=1.0,
+                 max_allowed_network_width_multiplier=1.5, train_acc_gate=1.0)
+    assert cli.main(args) == 0
+    assert len(calls) == 1
+    assert (tmp_path / 'toy_task_1' / 'width').read_text().strip() == '1.0'
+    result = json.loads((tmp_path / 'toy_task_1' / 'scratch' / 'result.json').read_text())
+    assert 'at maximum width: accept' in result['reason'], result

@@ -81,6 +81,10 @@ def check_task_args(parser, args):
         parser.error(f'--pruning_ratios {" ".join(args.pruning_ratios)}: give increasing sparsities (PRUNING_RATIOS)')
     if args.width_step < 0:
         parser.error(f'--width_step {args.width_step} must be >= 0 (WIDTH_STEP)')
+    if args.width_step == 0:   # never wider: the start width is the task's maximum (Phase A would
+        # otherwise answer "widen" below the maximum and be retried at the same width forever)
+        args.max_allowed_network_width_multiplier = min(args.max_allowed_network_width_multiplier,
+                                                        args.network_width_multiplier)
     if args.allow_acc_loss is None:   # a stage accepted within the goal margin can be picked
         args.allow_acc_loss = args.goal_margin
     if not 0.0 <= args.allow_acc_loss < 1.0:
